@@ -1,3 +1,161 @@
-"""CLI commands (placeholder, filled in by its concept)."""
+"""`dymo train recovery` and `dymo recovery-report`."""
 
-from dymo.cli.main import app, train_app  # noqa: F401
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dymo.cli.common import console, friendly_errors
+from dymo.cli.main import app, train_app
+from dymo.errors import ConfigError
+
+TRAINABLE = ("retrieval", "mean", "knn", "iterative", "mopoe")
+CLASSIFIER_DIR = "coherence_classifier"
+
+
+def _parse_sets(items: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@train_app.command("recovery")
+@friendly_errors
+def train_recovery_cmd(
+    data: str = typer.Option(..., help="Dataset name (see `dymo data info`) or a built dataset folder."),
+    model: str = typer.Option("retrieval", help=f"Recoverer: {', '.join(TRAINABLE)}."),
+    out: Path = typer.Option(..., help="Run folder (gets config.json + weights)."),
+    root: Optional[Path] = typer.Option(None, help="Data root (default $DYMO_DATA or ./data)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (neural recoverers)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (recoverers that have one)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE (JSON value), repeatable."),
+    device: str = typer.Option("cpu", help="Torch device for neural recoverers that support it (mopoe)."),
+    threads: Optional[int] = typer.Option(None, help="torch.set_num_threads (CPU)."),
+    max_train_samples: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Fit a recovery model on the training split and save it into the run folder."""
+    import numpy as np
+    import torch
+
+    from dymo.recovery.registry import recoverer_class
+
+    if model not in TRAINABLE:
+        raise ConfigError(f"--model {model!r}: choose one of {', '.join(TRAINABLE)}")
+    if threads:
+        torch.set_num_threads(threads)
+    cls = recoverer_class(model)  # mopoe: imported lazily from dymo.recovery.mopoe
+    overrides = _parse_sets(set_)
+    fields = set(cls.config_class.__dataclass_fields__)
+    for key, value in (("epochs", epochs), ("seed", seed)):
+        if value is not None:
+            if key not in fields:
+                raise ConfigError(f"--{key}: recoverer {model!r} has no {key!r} option; its options are {sorted(fields)}")
+            overrides[key] = value
+    rec = cls(**overrides)
+    train = _load_data(data, root)["train"]
+    if max_train_samples:
+        train = train.subset(np.arange(min(max_train_samples, len(train))))
+    console.print(f"fitting [bold]{model}[/] on {train.name} ({len(train)} samples): {rec.config}")
+    if device != "cpu":
+        rec.to(device)
+    kwargs = {"run_dir": out} if "run_dir" in inspect.signature(rec.fit).parameters else {}
+    rec.fit(train, progress=progress, **kwargs)
+    rec.save(out)
+    console.print(f"saved [bold]{model}[/] recoverer to {out}")
+
+
+@app.command("recovery-report")
+@friendly_errors
+def recovery_report_cmd(
+    run: Path = typer.Argument(..., help="Run folder of a trained recoverer."),
+    data: str = typer.Option(..., help="Dataset name or built dataset folder (the one it was trained on)."),
+    root: Optional[Path] = typer.Option(None, help="Data root (default $DYMO_DATA or ./data)."),
+    split: str = typer.Option("test", help="Split to recover."),
+    classifier: Optional[Path] = typer.Option(
+        None, help=f"Saved unimodal classifier (default: <run>/{CLASSIFIER_DIR}, trained there if absent)."
+    ),
+    classifier_epochs: int = typer.Option(3, help="Epochs when the judge classifier has to be trained."),
+    batch_size: int = typer.Option(256),
+    seed: int = typer.Option(0, help="Seed of the report's random observed masks."),
+    max_samples: Optional[int] = typer.Option(None, help="Use only the first N samples of the split."),
+    threads: Optional[int] = typer.Option(None, help="torch.set_num_threads (CPU)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Reconstruction error, coherence by number of observed modalities, throughput, and a PNG
+    grid (report.json + recovery_grid.png in the run folder)."""
+    import numpy as np
+    import torch
+    from rich.table import Table
+
+    from dymo.recovery.coherence import UnimodalClassifier, UnimodalConfig, recovery_report
+    from dymo.recovery.registry import load_recoverer
+    from dymo.utils.io import write_json
+
+    if threads:
+        torch.set_num_threads(threads)
+    ds = _load_data(data, root)
+    rec = load_recoverer(run, train=ds["train"])
+    test = ds[split]
+    if max_samples:
+        test = test.subset(np.arange(min(max_samples, len(test))))
+    clf_dir = classifier or run / CLASSIFIER_DIR
+    if (clf_dir / "config.json").exists():
+        clf = UnimodalClassifier.load(clf_dir)
+        if list(clf.modalities) != list(test.modalities):
+            raise ConfigError(f"{clf_dir}: classifier modalities {list(clf.modalities)} != dataset's {list(test.modalities)}")
+    else:
+        # The judge differs from the retrieval embedder in seed and width.
+        cfg = UnimodalConfig(seed=1234, width=24, hidden=192, epochs=classifier_epochs)
+        clf = UnimodalClassifier(ds.specs, ds.class_names, cfg).fit(ds["train"], progress=progress, description="judge classifier")
+        clf.save(clf_dir)
+    report = recovery_report(rec, test, clf, batch_size=batch_size, seed=seed, grid_path=run / "recovery_grid.png", progress=progress)
+    report["split"] = split
+    report["classifier"] = str(clf_dir)
+    write_json(run / "report.json", report)
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    table = Table(title=f"recovery report: {rec.name} on {test.name} ({len(test)} samples)")
+    table.add_column("observed modalities")
+    table.add_column("coherence")
+    table.add_column("judge on true data")
+    for k, v in report["coherence"]["by_num_observed"].items():
+        table.add_row(k, pct(v), pct(report["reference_accuracy"]["by_num_observed"].get(k)))
+    table.add_row("all", pct(report["coherence"]["overall"]), pct(report["reference_accuracy"]["overall"]))
+    from rich.console import Console
+
+    out = Console()
+    out.print(table)
+    mods = Table(title="per modality")
+    mods.add_column("modality")
+    mods.add_column("error")
+    mods.add_column("coherence")
+    for name, err in report["error"].items():
+        kind = report["error_kind"][name]
+        mods.add_row(name, "-" if err is None else f"{err:.4f} ({kind})", pct(report["coherence"]["by_modality"][name]))
+    out.print(mods)
+    tp = report["throughput_samples_per_s"]
+    out.print(f"throughput: {tp:.0f} samples/s" if tp else "throughput: -")
+    out.print(f"wrote {run / 'report.json'}" + (f" and {report['grid']}" if report.get("grid") else ""))
+
+
+def _load_data(data: str, root: Optional[Path]):  # noqa: ANN202 - SplitDataset
+    """A registry name (built if needed) or a built dataset folder."""
+    from dymo.data.registry import known_datasets, load_dataset, load_or_build
+
+    if data in known_datasets():
+        return load_or_build(data, root=root)
+    return load_dataset(data, root=root)

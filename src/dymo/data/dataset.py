@@ -155,6 +155,9 @@ class SplitDataset:
     specs: list[ModalitySpec]
     class_names: list[str]
     splits: dict[str, MultimodalDataset]
+    # How the dataset was built (builder name + options); saved in meta.json under "build" so that a
+    # later call can tell whether a finished build on disk matches the options it was asked for.
+    build_info: dict | None = None
 
     def __getitem__(self, split: str) -> MultimodalDataset:
         if split not in self.splits:
@@ -178,16 +181,16 @@ class SplitDataset:
                 _save_npy(root / split / f"{s.name}.npy", np.asarray(ds.arrays[s.name]))
             _save_npy(root / split / "labels.npy", ds.labels.astype(np.int64))
         # meta.json last: its presence marks a complete build.
-        write_json(
-            root / "meta.json",
-            {
-                "format": FORMAT_VERSION,
-                "name": self.name,
-                "specs": specs_to_list(self.specs),
-                "class_names": self.class_names,
-                "splits": {k: len(v) for k, v in self.splits.items()},
-            },
-        )
+        meta = {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "specs": specs_to_list(self.specs),
+            "class_names": self.class_names,
+            "splits": {k: len(v) for k, v in self.splits.items()},
+        }
+        if self.build_info is not None:
+            meta["build"] = self.build_info
+        write_json(root / "meta.json", meta)
         return root
 
     @classmethod
@@ -210,7 +213,7 @@ class SplitDataset:
             if len(labels) != n:
                 raise DataError(f"{root / split / 'labels.npy'}: {len(labels)} rows, meta.json says {n}")
             splits[split] = MultimodalDataset(specs, arrays, labels, meta["class_names"], name=f"{meta['name']}/{split}")
-        return cls(meta["name"], specs, list(meta["class_names"]), splits)
+        return cls(meta["name"], specs, list(meta["class_names"]), splits, meta.get("build"))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

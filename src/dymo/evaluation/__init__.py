@@ -1,0 +1,1 @@
+"""Evaluation: subset accuracies, scenario evaluation, reports."""

@@ -1,0 +1,600 @@
+"""DyMo's per-sample greedy selection of recovered modalities, and its ablation variants.
+
+The search works on a *fuse function* ``fuse_fn(sample_idx, used) -> (logits, z)`` that fuses
+sample ``sample_idx[n]`` with modality subset ``used[n]``; with the flexible backbone that is
+the transformer alone on tokens encoded once (:func:`select_with_backbone`), so encoders never
+run again. Each step makes ONE batched call covering every (active sample, open candidate)
+pair; the "before" state of a sample is evaluated once (step 0) and afterwards taken from the
+winning candidate of the previous step. Labels never enter: there is no label parameter.
+
+Everything is per sample: a sample's result does not depend on the other samples of the batch
+(up to the floating-point effects of batching inside ``fuse_fn``). See ``docs/selection.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from dymo.config import Config
+from dymo.errors import BundleError, ConfigError, DataError
+from dymo.selection.calibration import Calibration
+from dymo.selection.reward import ics, quality, reward
+from dymo.utils.io import atomic_write
+from dymo.utils.subsets import masks_to_codes
+
+NO_ACTION = 100  # action_history entry of a step in which the sample added nothing
+METHODS = ("dymo", "iterative", "simultaneous", "fuse-all", "discard")
+
+FuseFn = Callable[[torch.Tensor, torch.Tensor], Any]
+
+
+@dataclass
+class SelectionConfig(Config):
+    """How recovered modalities are chosen.
+
+    - ``dymo``: greedy, one modality per step, reward with the ICS calibration factor.
+    - ``iterative``: the same loop without the ICS factor (G = 1).
+    - ``simultaneous``: one step; every candidate with a positive (DyMo) reward is added at once.
+    - ``fuse-all``: use every recovered modality, no search.
+    - ``discard``: use the observed modalities only.
+
+    ``max_added`` caps the number of recovered modalities added per sample (None: no cap).
+    ``costs[i]`` (one per modality, >= 0) is subtracted from the reward of adding modality ``i``.
+    """
+
+    method: Literal["dymo", "iterative", "simultaneous", "fuse-all", "discard"] = "dymo"
+    max_added: int | None = None
+    costs: list[float] | None = None
+
+    def validate(self) -> None:
+        if self.max_added is not None and self.max_added < 0:
+            raise ConfigError(f"SelectionConfig: max_added must be >= 0, got {self.max_added}")
+        if self.costs is not None:
+            bad = [c for c in self.costs if not (math.isfinite(c) and c >= 0)]
+            if bad:
+                raise ConfigError(f"SelectionConfig: costs must be finite and >= 0, got {self.costs}")
+
+
+# --------------------------------------------------------------------------------------------
+# Result and explanations
+
+
+@dataclass
+class CandidateExplanation:
+    modality: str
+    reward: float
+    quality: float
+    ics: float
+    gain: float
+    decision: str  # "accepted" | "rejected" | "kept" (R >= 0 but not chosen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reward": self.reward,
+            "quality": self.quality,
+            "ics": self.ics,
+            "gain": self.gain,
+            "decision": self.decision,
+        }
+
+
+@dataclass
+class StepExplanation:
+    step: int
+    quality: float | None  # of the mask before the step (None: nothing used yet)
+    ics: float | None
+    candidates: list[CandidateExplanation]
+    accepted: list[str]
+    rejected: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "quality": self.quality,
+            "ics": self.ics,
+            "candidates": {c.modality: c.to_dict() for c in self.candidates},
+            "accepted": list(self.accepted),
+            "rejected": list(self.rejected),
+        }
+
+
+@dataclass
+class SampleExplanation:
+    sample: int
+    method: str
+    observed: list[str]
+    candidates: list[str]
+    used: list[str]
+    added: list[str]
+    rejected: list[str]
+    predicted_class: int
+    predicted_name: str | None
+    confidence: float
+    stop_reason: str
+    steps: list[StepExplanation] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sample": self.sample,
+            "method": self.method,
+            "observed": self.observed,
+            "candidates": self.candidates,
+            "used": self.used,
+            "added": self.added,
+            "rejected": self.rejected,
+            "predicted_class": self.predicted_class,
+            "predicted_name": self.predicted_name,
+            "confidence": self.confidence,
+            "stop_reason": self.stop_reason,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+    def __str__(self) -> str:
+        name = f" ({self.predicted_name})" if self.predicted_name is not None else ""
+        lines = [
+            f"sample {self.sample} [{self.method}]: observed {self.observed}, recovered candidates "
+            f"{self.candidates} -> used {self.used}; predicted class {self.predicted_class}{name} "
+            f"(p={self.confidence:.3f}); stopped: {self.stop_reason}"
+        ]
+        for s in self.steps:
+            q = "-" if s.quality is None else f"{s.quality:.4f}"
+            lines.append(f"  step {s.step}: quality of current subset {q}")
+            for c in s.candidates:
+                lines.append(
+                    f"    {c.modality:>12}: reward {c.reward:+.4f} (quality {c.quality:.4f}, "
+                    f"ICS {c.ics:.4f}, G {c.gain:.4f}) {c.decision}"
+                )
+        return "\n".join(lines)
+
+
+@dataclass(eq=False)
+class SelectionResult:
+    """What the selection chose for each sample, and why (all tensors on the CPU).
+
+    History tensors have one row per step ``t`` of the search: ``action_history[t, b]`` is the
+    modality added (``NO_ACTION`` = none), ``reward_history[t, b, u]`` the reward of candidate
+    ``u`` (NaN = not evaluated), and likewise the candidate's quality, ICS and gain factor;
+    ``quality_history[t, b]``/``ics_history[t, b]`` belong to the mask before the step (NaN when
+    the sample was not searched at that step, or had nothing used yet).
+    """
+
+    method: str
+    modalities: tuple[str, ...]
+    initial_used: torch.Tensor  # bool [B, M]
+    candidates: torch.Tensor  # bool [B, M], recovered and not observed
+    used: torch.Tensor  # bool [B, M], final
+    logits: torch.Tensor  # [B, C]
+    probabilities: torch.Tensor  # [B, C]
+    steps: torch.Tensor  # long [B], number of additions
+    rejected: torch.Tensor  # bool [B, M]
+    stop_reason: list[str]
+    action_history: torch.Tensor  # long [T, B]
+    reward_history: torch.Tensor  # [T, B, M]
+    candidate_quality: torch.Tensor  # [T, B, M]
+    candidate_ics: torch.Tensor  # [T, B, M]
+    gain_history: torch.Tensor  # [T, B, M]
+    quality_history: torch.Tensor  # [T, B]
+    ics_history: torch.Tensor  # [T, B]
+
+    def __len__(self) -> int:
+        return int(self.used.shape[0])
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.logits.argmax(dim=1)
+
+    @property
+    def added(self) -> torch.Tensor:
+        return self.used & ~self.initial_used
+
+    def explain(self, i: int, class_names: Sequence[str] | None = None) -> SampleExplanation:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} outside [0, {len(self)})")
+        names = self.modalities
+
+        def pick(mask: torch.Tensor) -> list[str]:
+            return [names[j] for j in range(len(names)) if bool(mask[j])]
+
+        steps = []
+        for t in range(self.reward_history.shape[0]):
+            r = self.reward_history[t, i]
+            evaluated = ~torch.isnan(r)
+            if not bool(evaluated.any()):
+                continue
+            action = int(self.action_history[t, i])
+            if self.method == "simultaneous":
+                accepted_mask = self.added[i] & evaluated
+            else:
+                accepted_mask = torch.zeros_like(evaluated)
+                if action != NO_ACTION:
+                    accepted_mask[action] = True
+            rejected_mask = evaluated & (r < 0) & ~accepted_mask
+            cands = []
+            for u in range(len(names)):
+                if not bool(evaluated[u]):
+                    continue
+                decision = "accepted" if accepted_mask[u] else ("rejected" if rejected_mask[u] else "kept")
+                cands.append(
+                    CandidateExplanation(
+                        names[u], float(r[u]), float(self.candidate_quality[t, i, u]),
+                        float(self.candidate_ics[t, i, u]), float(self.gain_history[t, i, u]), decision,
+                    )
+                )
+            q, p = float(self.quality_history[t, i]), float(self.ics_history[t, i])
+            steps.append(
+                StepExplanation(
+                    t, None if math.isnan(q) else q, None if math.isnan(p) else p, cands,
+                    pick(accepted_mask), pick(rejected_mask),
+                )
+            )
+        k = int(self.predictions[i])
+        return SampleExplanation(
+            sample=i,
+            method=self.method,
+            observed=pick(self.initial_used[i]),
+            candidates=pick(self.candidates[i]),
+            used=pick(self.used[i]),
+            added=pick(self.added[i]),
+            rejected=pick(self.rejected[i]),
+            predicted_class=k,
+            predicted_name=None if class_names is None else str(class_names[k]),
+            confidence=float(self.probabilities[i, k]),
+            stop_reason=self.stop_reason[i],
+            steps=steps,
+        )
+
+    def to_records(self, class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One JSON-serialisable dict per sample (the format is in ``docs/selection.md``)."""
+        return [self.explain(i, class_names).to_dict() for i in range(len(self))]
+
+    def to_json(self, path: str | os.PathLike | None = None, class_names: Sequence[str] | None = None) -> str:
+        """The records as JSON text (NaN-free); written atomically to ``path`` when given."""
+        text = json.dumps(
+            {"format": 1, "method": self.method, "modalities": list(self.modalities),
+             "samples": self.to_records(class_names)},
+            indent=1, allow_nan=False,
+        )
+        if path is not None:
+            with atomic_write(path) as f:
+                f.write(text + "\n")
+        return text
+
+    def reward_of(self, i: int, u: int) -> float:
+        """The reward that decided modality ``u`` of sample ``i``: at its acceptance, else its
+        last evaluation (NaN when it was never evaluated)."""
+        col = self.reward_history[:, i, u]
+        hit = torch.nonzero(self.action_history[:, i] == u).flatten()
+        if len(hit) and self.method != "simultaneous":
+            return float(col[hit[0]])
+        seen = torch.nonzero(~torch.isnan(col)).flatten()
+        return float(col[seen[-1]]) if len(seen) else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+
+
+def _fuse(fuse_fn: FuseFn, idx: torch.Tensor, used: torch.Tensor, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    n = idx.shape[0]
+    step = n if not chunk_size else chunk_size
+    logits, zs = [], []
+    for lo in range(0, max(n, 1), max(step, 1)):
+        out = fuse_fn(idx[lo : lo + step], used[lo : lo + step])
+        logits.append(out[0])
+        zs.append(out[1])
+    return torch.cat(logits), torch.cat(zs)
+
+
+class _Evaluator:
+    """Fuses rows and scores them (quality, ICS) against the calibration statistics."""
+
+    def __init__(self, fuse_fn: FuseFn, cal: Calibration, chunk_size: int | None) -> None:
+        self.fuse_fn, self.cal, self.chunk_size = fuse_fn, cal, chunk_size
+
+    def __call__(self, idx: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, z = _fuse(self.fuse_fn, idx, used, self.chunk_size)
+        logits, z = logits.detach(), z.detach()
+        cal = self.cal
+        dev = z.device
+        q = quality(z, cal.overall.to(dev, z.dtype), cal.metric, cal.temperature)
+        codes = masks_to_codes(used).to(dev)
+        p = ics(z, logits, codes, cal.prototypes.to(dev, z.dtype), cal.sigma.to(dev, z.dtype), cal.metric)
+        return logits, z, q, p
+
+
+def _validate_inputs(
+    initial_used: torch.Tensor, candidates: torch.Tensor, cal: Calibration, config: SelectionConfig
+) -> None:
+    for name, t in (("initial_used", initial_used), ("candidates", candidates)):
+        if t.dtype != torch.bool or t.ndim != 2:
+            raise DataError(f"select: {name} must be a bool [B, M] tensor, got {t.dtype} {tuple(t.shape)}")
+    if initial_used.shape != candidates.shape:
+        raise DataError(
+            f"select: initial_used {tuple(initial_used.shape)} and candidates {tuple(candidates.shape)} differ"
+        )
+    if initial_used.shape[0] == 0:
+        raise DataError("select: empty batch (no sample)")
+    if initial_used.shape[1] != cal.num_modalities:
+        raise DataError(
+            f"select: masks have {initial_used.shape[1]} modalities, the calibration {cal.num_modalities} "
+            f"({list(cal.modalities)})"
+        )
+    if config.costs is not None and len(config.costs) != cal.num_modalities:
+        raise ConfigError(
+            f"SelectionConfig.costs has {len(config.costs)} entries; need one per modality "
+            f"({list(cal.modalities)})"
+        )
+
+
+def select(
+    fuse_fn: FuseFn,
+    initial_used: torch.Tensor,
+    candidates: torch.Tensor,
+    calibration: Calibration,
+    config: SelectionConfig | None = None,
+    chunk_size: int | None = None,
+) -> SelectionResult:
+    """Choose, per sample, which recovered modalities to add to the observed ones.
+
+    ``fuse_fn(sample_idx: Long[N], used: Bool[N, M]) -> (logits[N, C], z[N, D])`` (a
+    ``FusionOutput`` works too). ``initial_used``: the observed modalities (always used).
+    ``candidates``: modalities with a recovered copy; entries also in ``initial_used`` are
+    ignored. ``chunk_size`` bounds the rows of one ``fuse_fn`` call.
+
+    A sample with no observed modality starts from an empty mask whose quality counts as 0
+    (so the reward of a candidate is its quality alone, G = 1); its first addition is forced.
+    A sample with nothing observed and no candidate raises :class:`DataError`.
+    """
+    config = config or SelectionConfig()
+    _validate_inputs(initial_used, candidates, calibration, config)
+    initial_used = initial_used.clone()
+    candidates = candidates & ~initial_used
+    b, m = initial_used.shape
+    device = initial_used.device
+    empty = ~initial_used.any(1)
+    method = config.method
+    usable = candidates if method != "discard" else torch.zeros_like(candidates)
+    bad = empty & ~usable.any(1)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise DataError(
+            f"sample {i}: no observed modality and no recovered candidate"
+            + (" (method 'discard' uses observed modalities only)" if method == "discard" else "")
+            + "; nothing to classify from"
+        )
+    if method in ("dymo", "iterative", "simultaneous") and config.max_added == 0 and bool(empty.any()):
+        i = int(torch.nonzero(empty)[0])
+        raise DataError(f"sample {i}: no observed modality, but max_added = 0 forbids adding a recovered one")
+    evaluator = _Evaluator(fuse_fn, calibration, chunk_size)
+    all_idx = torch.arange(b, device=device)
+
+    if method in ("fuse-all", "discard"):
+        used = initial_used | candidates if method == "fuse-all" else initial_used.clone()
+        logits, _, _, _ = evaluator(all_idx, used)
+        t0 = torch.zeros(0, b, m)
+        used, logits = used.cpu(), logits.cpu()
+        return SelectionResult(
+            method=method, modalities=calibration.modalities, initial_used=initial_used.cpu(),
+            candidates=candidates.cpu(), used=used, logits=logits, probabilities=torch.softmax(logits, -1),
+            steps=(used & ~initial_used.cpu()).sum(1), rejected=torch.zeros_like(used),
+            stop_reason=[method] * b, action_history=torch.zeros(0, b, dtype=torch.long),
+            reward_history=t0, candidate_quality=t0.clone(), candidate_ics=t0.clone(),
+            gain_history=t0.clone(), quality_history=torch.zeros(0, b), ics_history=torch.zeros(0, b),
+        )
+    return _search(evaluator, initial_used, candidates, calibration, config)
+
+
+def _search(
+    evaluator: _Evaluator,
+    initial_used: torch.Tensor,
+    candidates: torch.Tensor,
+    cal: Calibration,
+    config: SelectionConfig,
+) -> SelectionResult:
+    b, m = initial_used.shape
+    device = initial_used.device
+    method = config.method
+    use_ics = method != "iterative"
+    costs = torch.tensor(config.costs if config.costs is not None else [0.0] * m, device=device)
+    nan = float("nan")
+
+    used = initial_used.clone()
+    open_ = candidates.clone()
+    rejected = torch.zeros_like(used)
+    steps = torch.zeros(b, dtype=torch.long, device=device)
+    active = torch.ones(b, dtype=torch.bool, device=device)
+    stop_reason = [""] * b
+    for i in torch.nonzero(~candidates.any(1)).flatten().tolist():
+        stop_reason[i] = "no candidates"
+        active[i] = False
+
+    cur_logits: torch.Tensor | None = None  # state of each sample's current mask
+    cur_q = torch.full((b,), nan, device=device)
+    cur_p = torch.full((b,), nan, device=device)
+    hist: dict[str, list[torch.Tensor]] = {k: [] for k in ("action", "reward", "cq", "cp", "gain", "q", "p")}
+    final_refuse = torch.zeros(b, dtype=torch.bool, device=device)
+
+    t = 0
+    while True:
+        if config.max_added is not None:
+            capped = active & (steps >= config.max_added)
+            for i in torch.nonzero(capped).flatten().tolist():
+                stop_reason[i] = "budget reached"
+            active &= ~capped
+        # Samples with no open candidate left are done.
+        for i in torch.nonzero(active & ~open_.any(1)).flatten().tolist():
+            active[i] = False
+            stop_reason[i] = "no candidates left"
+        pair_b, pair_u = torch.nonzero(open_ & active.unsqueeze(1), as_tuple=True)
+        rows_used = used[pair_b].clone()
+        rows_used[torch.arange(len(pair_b), device=device), pair_u] = True
+        before_b = torch.nonzero(used.any(1)).flatten() if t == 0 else pair_b[:0]
+        if len(pair_b) == 0 and len(before_b) == 0:
+            break
+        idx = torch.cat([before_b, pair_b])
+        logits, _, q, p = evaluator(idx, torch.cat([used[before_b], rows_used]))
+        if cur_logits is None:
+            cur_logits = torch.full((b, logits.shape[1]), nan, dtype=logits.dtype, device=device)
+        nb = len(before_b)
+        if nb:
+            cur_logits[before_b], cur_q[before_b], cur_p[before_b] = logits[:nb], q[:nb], p[:nb]
+        if len(pair_b) == 0:
+            break
+        logits_u, q_u, p_u = logits[nb:], q[nb:], p[nb:]
+        row_empty = ~used[pair_b].any(1)
+        q_b = torch.where(row_empty, torch.zeros_like(q_u), cur_q[pair_b])
+        p_b = cur_p[pair_b]
+        r, g = reward(q_b, q_u, p_b if use_ics else None, p_u if use_ics else None, cal.metric)
+        g = torch.where(row_empty, torch.ones_like(g), g)
+        r = torch.where(row_empty, q_u, r) - costs[pair_u].to(r.dtype)
+
+        def grid(values: torch.Tensor, pair_b: torch.Tensor = pair_b, pair_u: torch.Tensor = pair_u) -> torch.Tensor:
+            out = torch.full((b, m), nan, dtype=values.dtype, device=device)
+            out[pair_b, pair_u] = values
+            return out
+
+        rm = grid(r)
+        hist["reward"].append(rm)
+        hist["cq"].append(grid(q_u))
+        hist["cp"].append(grid(p_u))
+        hist["gain"].append(grid(g))
+        searched = active & used.any(1)
+        hist["q"].append(torch.where(searched, cur_q, torch.full_like(cur_q, nan)))
+        hist["p"].append(torch.where(searched, cur_p, torch.full_like(cur_p, nan)))
+        row_of = torch.full((b, m), -1, dtype=torch.long, device=device)
+        row_of[pair_b, pair_u] = torch.arange(len(pair_b), device=device)
+        # NaN compares False: only evaluated entries can be rejected or positive.
+        negative = rm < 0
+        positive = rm > 0
+        forced = active & ~used.any(1)  # nothing used yet: the first addition is forced
+        score = torch.nan_to_num(rm, nan=-math.inf)
+        action = torch.full((b,), NO_ACTION, dtype=torch.long, device=device)
+
+        if method == "simultaneous":
+            add = positive.clone()
+            if config.max_added is not None:
+                # keep the max_added largest positive rewards
+                order = torch.argsort(-score, dim=1, stable=True)
+                rank = torch.empty_like(order)
+                rank.scatter_(1, order, torch.arange(m, device=device).expand(b, m).contiguous())
+                add &= rank < config.max_added
+            win = score.argmax(1)
+            for i in torch.nonzero(forced & ~add.any(1)).flatten().tolist():
+                add[i, win[i]] = True
+            negative &= ~add
+            rejected |= negative
+            open_ &= ~negative & ~add
+            n_add = add.sum(1)
+            one = n_add == 1
+            for i in torch.nonzero(active).flatten().tolist():
+                stop_reason[i] = "single step" if n_add[i] > 0 else "no positive reward"
+            sel = torch.nonzero(one).flatten()
+            if len(sel):
+                w = add[sel].float().argmax(1)
+                rows = row_of[sel, w]
+                cur_logits[sel] = logits_u[rows]
+                action[sel] = w
+            used |= add
+            steps += n_add
+            final_refuse = n_add > 1
+            hist["action"].append(action)
+            break
+
+        win = score.argmax(1)
+        go = active & (positive.any(1) | forced)
+        negative[torch.nonzero(go).flatten(), win[go]] = False  # a forced winner is not rejected
+        rejected |= negative
+        open_ &= ~negative
+        for i in torch.nonzero(active & ~go).flatten().tolist():
+            stop_reason[i] = "no positive reward"
+        active &= go
+        sel = torch.nonzero(go).flatten()
+        if len(sel):
+            w = win[sel]
+            rows = row_of[sel, w]
+            used[sel, w] = True
+            open_[sel, w] = False
+            cur_logits[sel], cur_q[sel], cur_p[sel] = logits_u[rows], q_u[rows], p_u[rows]
+            steps[sel] += 1
+            action[sel] = w
+        hist["action"].append(action)
+        t += 1
+
+    if bool(final_refuse.any()):
+        sel = torch.nonzero(final_refuse).flatten()
+        cur_logits[sel] = evaluator(sel, used[sel])[0]
+    for i in range(b):
+        if not stop_reason[i]:
+            stop_reason[i] = "no candidates left"
+    nt = len(hist["action"])
+
+    def stack(key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if not nt:
+            return torch.zeros(0, *shape, dtype=dtype)
+        out = torch.stack(hist[key]).cpu()
+        return out if dtype == torch.long else out.float()
+
+    assert cur_logits is not None
+    cur_logits = cur_logits.cpu()
+    return SelectionResult(
+        method=method,
+        modalities=cal.modalities,
+        initial_used=initial_used.cpu(),
+        candidates=candidates.cpu(),
+        used=used.cpu(),
+        logits=cur_logits,
+        probabilities=torch.softmax(cur_logits, dim=-1),
+        steps=steps.cpu(),
+        rejected=rejected.cpu(),
+        stop_reason=stop_reason,
+        action_history=stack("action", (b,), torch.long),
+        reward_history=stack("reward", (b, m)),
+        candidate_quality=stack("cq", (b, m)),
+        candidate_ics=stack("cp", (b, m)),
+        gain_history=stack("gain", (b, m)),
+        quality_history=stack("q", (b,)),
+        ics_history=stack("p", (b,)),
+    )
+
+
+def select_with_backbone(
+    backbone: Any,
+    tokens: torch.Tensor,
+    initial_used: torch.Tensor,
+    candidates: torch.Tensor,
+    calibration: Calibration,
+    config: SelectionConfig | None = None,
+    chunk_size: int | None = 4096,
+) -> SelectionResult:
+    """:func:`select` with ``backbone.fuse`` on ``tokens`` (``backbone.encode`` of the observed
+    plus recovered modalities, computed once by the caller), in eval mode, without gradients."""
+    metric = backbone.config.metric
+    if metric != calibration.metric:
+        raise BundleError(
+            f"the backbone uses the {metric!r} metric but the calibration was computed for {calibration.metric!r}"
+        )
+    names = getattr(backbone, "modalities", None)
+    if names is not None and tuple(names) != tuple(calibration.modalities):
+        raise BundleError(
+            f"backbone modalities {list(names)} do not match the calibration's {list(calibration.modalities)}"
+        )
+    initial_used, candidates = initial_used.to(tokens.device), candidates.to(tokens.device)
+    was_training = backbone.training
+    backbone.eval()
+
+    def fuse_fn(idx: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = backbone.fuse(tokens[idx], used)
+        return out[0], out[1]
+
+    try:
+        with torch.no_grad():
+            return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size)
+    finally:
+        backbone.train(was_training)

@@ -1,0 +1,81 @@
+"""Training through Lightning: DDP (2 CPU processes, gloo) matches one process with the same
+global batch; a run killed mid-way resumes to the same final weights; the run folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dymo.training.run import load_backbone
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=240, check=False) if not check else _checked([sys.executable, str(SCRIPT), *args], env)
+
+
+def _checked(cmd, env):
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _last_weights(run: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return {k: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(tmp_path):
+    # 3 epochs, prototype loss from the second: the all-reduced prototypes are exercised too.
+    _run(str(tmp_path / "single"), "--devices", "1", "--batch-size", "32", "--epochs", "3")
+    _run(str(tmp_path / "ddp"), "--devices", "2", "--batch-size", "16", "--strategy", "ddp", "--epochs", "3")
+    w1, w2 = _last_weights(tmp_path / "single"), _last_weights(tmp_path / "ddp")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        a, b = w1[k], w2[k]
+        if k.endswith("self_attn.in_proj_bias"):
+            # The key bias has an exactly-zero gradient (softmax is shift-invariant); Adam divides
+            # its ~1e-10 float noise by sqrt(v) and moves it by up to lr per step either way.
+            d = a.shape[0] // 3
+            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
+        # Same global batch, same subsets, gradients averaged over ranks: equal up to float
+        # summation order (gloo all-reduce), hence a tolerance rather than bit equality.
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=k)
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 12  # 3 epochs x 4 steps: 128 samples, 2 ranks x 16 per step
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_same_weights(tmp_path):
+    _run(str(tmp_path / "full"), "--epochs", "3")
+    killed = _run(str(tmp_path / "killed"), "--epochs", "3", "--kill-at-epoch", "2", check=False)
+    assert killed.returncode == -9  # really SIGKILLed mid-run
+    assert not (tmp_path / "killed" / "backbone.safetensors").exists()
+    _run(str(tmp_path / "killed"), "--epochs", "3", "--resume")
+    w_full, w_resumed = _last_weights(tmp_path / "full"), _last_weights(tmp_path / "killed")
+    for k in w_full:
+        torch.testing.assert_close(w_full[k], w_resumed[k], atol=0, rtol=0, msg=k)  # bit-identical on CPU
+
+
+def test_run_folder_contents(tmp_path):
+    from dymo.data.synthetic import make_synthetic_splits
+    from dymo.models import BackboneConfig
+    from dymo.training import TrainConfig, train_backbone
+
+    data = make_synthetic_splits(96, 32, 32)
+    cfg = BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8, encoder_options={"image_channels": [4, 8, 16]})
+    run = train_backbone(data, tmp_path / "run", cfg, TrainConfig(epochs=2, batch_size=32), progress=False)
+    for name in ("config.json", "backbone.safetensors", "metrics.json", "logs/metrics.csv"):
+        assert (run / name).exists(), name
+    model = load_backbone(run)
+    assert model.config == cfg
+    import json
+
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["test"]["all_modalities"] <= 1 and set(m["test"]["single"]) == {"i0", "i1", "v2"}
