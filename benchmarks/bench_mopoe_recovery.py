@@ -192,6 +192,15 @@ def probe(args: argparse.Namespace) -> dict:
         )
     assert rec is not None
     rec.save(run / "final")
+    grid = None
+    try:
+        from dymo.recovery.coherence import save_grid
+
+        observed = parse_scenario("random:0.6").sample(len(val), len(val.specs), seed=0)
+        b = batches(val, observed, 8)[0]
+        grid = str(run / "grid.png") if save_grid(b, rec.recover(b.with_missing_filled()), val.specs, run / "grid.png") else None
+    except ImportError:  # the grid is a convenience; coherence.py is optional here
+        pass
     return {
         "bench": "mopoe_training_probe",
         "dataset": "polymnist-small",
@@ -200,6 +209,7 @@ def probe(args: argparse.Namespace) -> dict:
         "config": cfg.replace(epochs=epoch).to_dict(),
         "threads": args.threads,
         "seconds": time.perf_counter() - t0,
+        "grid": grid,
         "curve": curve,
         "note": "rec = Laplace/Gaussian NLL summed over 5 x 2352 pixels per sample (training, per epoch mean); "
         "val L1 = mean |recovered - true| per pixel over missing images at random:0.6 (seed 0).",

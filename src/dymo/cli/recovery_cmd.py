@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -36,13 +35,13 @@ def train_recovery_cmd(
     data: str = typer.Option(..., help="Dataset name (see `dymo data info`) or a built dataset folder."),
     model: str = typer.Option("retrieval", help=f"Recoverer: {', '.join(TRAINABLE)}."),
     out: Path = typer.Option(..., help="Run folder (gets config.json + weights)."),
-    root: Optional[Path] = typer.Option(None, help="Data root (default $DYMO_DATA or ./data)."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (neural recoverers)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (recoverers that have one)."),
+    root: Path | None = typer.Option(None, help="Data root (default $DYMO_DATA or ./data)."),
+    epochs: int | None = typer.Option(None, help="Training epochs (neural recoverers)."),
+    seed: int | None = typer.Option(None, help="Random seed (recoverers that have one)."),
     set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE (JSON value), repeatable."),
     device: str = typer.Option("cpu", help="Torch device for neural recoverers that support it (mopoe)."),
-    threads: Optional[int] = typer.Option(None, help="torch.set_num_threads (CPU)."),
-    max_train_samples: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
+    threads: int | None = typer.Option(None, help="torch.set_num_threads (CPU)."),
+    max_train_samples: int | None = typer.Option(None, help="Use only the first N training samples."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Fit a recovery model on the training split and save it into the run folder."""
@@ -81,16 +80,16 @@ def train_recovery_cmd(
 def recovery_report_cmd(
     run: Path = typer.Argument(..., help="Run folder of a trained recoverer."),
     data: str = typer.Option(..., help="Dataset name or built dataset folder (the one it was trained on)."),
-    root: Optional[Path] = typer.Option(None, help="Data root (default $DYMO_DATA or ./data)."),
+    root: Path | None = typer.Option(None, help="Data root (default $DYMO_DATA or ./data)."),
     split: str = typer.Option("test", help="Split to recover."),
-    classifier: Optional[Path] = typer.Option(
+    classifier: Path | None = typer.Option(
         None, help=f"Saved unimodal classifier (default: <run>/{CLASSIFIER_DIR}, trained there if absent)."
     ),
     classifier_epochs: int = typer.Option(3, help="Epochs when the judge classifier has to be trained."),
     batch_size: int = typer.Option(256),
     seed: int = typer.Option(0, help="Seed of the report's random observed masks."),
-    max_samples: Optional[int] = typer.Option(None, help="Use only the first N samples of the split."),
-    threads: Optional[int] = typer.Option(None, help="torch.set_num_threads (CPU)."),
+    max_samples: int | None = typer.Option(None, help="Use only the first N samples of the split."),
+    threads: int | None = typer.Option(None, help="torch.set_num_threads (CPU)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Reconstruction error, coherence by number of observed modalities, throughput, and a PNG
@@ -152,7 +151,7 @@ def recovery_report_cmd(
     out.print(f"wrote {run / 'report.json'}" + (f" and {report['grid']}" if report.get("grid") else ""))
 
 
-def _load_data(data: str, root: Optional[Path]):  # noqa: ANN202 - SplitDataset
+def _load_data(data: str, root: Path | None):  # noqa: ANN202 - SplitDataset
     """A registry name (built if needed) or a built dataset folder."""
     from dymo.data.registry import known_datasets, load_dataset, load_or_build
 

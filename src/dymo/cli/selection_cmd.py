@@ -1,3 +1,170 @@
-"""CLI commands (placeholder, filled in by its concept)."""
+"""`dymo calibrate RUN` and `dymo evaluate RUN`."""
 
-from dymo.cli.main import app, train_app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from dymo.cli.common import console, friendly_errors
+from dymo.cli.main import app
+
+CALIBRATION_FILE = "calibration.safetensors"
+
+
+@app.command("calibrate")
+@friendly_errors
+def calibrate_cmd(
+    run: Path = typer.Argument(..., help="Backbone run folder (from `dymo train backbone`)."),
+    data: Optional[str] = typer.Option(None, help="Dataset (default: the one the run was trained on)."),
+    max_samples: Optional[int] = typer.Option(None, help="Use only the first N training samples (default: all)."),
+    batch_size: int = typer.Option(512),
+) -> None:
+    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the complete training set."""
+    from dymo.data.registry import open_dataset
+    from dymo.selection.calibration import compute_calibration
+    from dymo.training.run import load_backbone
+    from dymo.utils.io import read_json
+
+    backbone = load_backbone(run)
+    ref = data or read_json(run / "config.json")["data"]["name"]
+    train = open_dataset(ref)["train"]
+    if max_samples is not None and max_samples < len(train):
+        train = train.subset(range(max_samples))
+    cal = compute_calibration(backbone, train, batch_size=batch_size, progress=True)
+    cal.save(run / CALIBRATION_FILE)
+    console.print(f"[green]calibrated[/] on {len(train)} training samples -> {run / CALIBRATION_FILE}")
+
+
+@app.command("evaluate")
+@friendly_errors
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="Backbone run folder (calibrated for the dymo/iterative/simultaneous methods)."),
+    recovery: Optional[Path] = typer.Option(None, help="Recovery run folder (from `dymo train recovery`)."),
+    method: str = typer.Option("discard,fuse-all,dymo", help="Comma-separated: dymo, iterative, simultaneous, fuse-all, discard."),
+    missing: str = typer.Option("random:0.6", help="Scenario: random:ETA, count:K, fixed:I,J, none, or file:MASK.csv."),
+    seed: int = typer.Option(0, help="Seed of the missing-modality mask."),
+    data: Optional[str] = typer.Option(None, help="Dataset (default: the run's)."),
+    split: str = typer.Option("test"),
+    max_added: Optional[int] = typer.Option(None, help="Budget: at most this many recovered modalities per sample."),
+    batch_size: int = typer.Option(512),
+    out: Optional[Path] = typer.Option(None, help="Also write the metrics as JSON here."),
+) -> None:
+    """Evaluate selection methods under a missing-modality scenario; prints accuracy, steps and acceptance."""
+    from dymo.data.registry import open_dataset
+    from dymo.evaluation.pipeline import evaluate_methods
+    from dymo.recovery.registry import load_recoverer
+    from dymo.selection.calibration import Calibration
+    from dymo.training.run import load_backbone
+    from dymo.utils.io import read_json, write_json
+
+    backbone = load_backbone(run)
+    cal_path = run / CALIBRATION_FILE
+    cal = Calibration.load(cal_path) if cal_path.exists() else None
+    ref = data or read_json(run / "config.json")["data"]["name"]
+    dataset = open_dataset(ref)
+    rec = load_recoverer(recovery) if recovery else None
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    selection = {"max_added": max_added} if max_added is not None else {}
+    metrics = evaluate_methods(backbone, cal, rec, dataset[split], missing, methods, seed=seed, batch_size=batch_size, selection=selection)
+    print_metrics(metrics, title=f"{ref}/{split} — missing {missing}, seed {seed}")
+    if out:
+        write_json(out, {m: v.to_dict() for m, v in metrics.items()})
+        console.print(f"wrote {out}")
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    table = Table(title=title)
+    for col in ("method", "accuracy", "AUC", "steps/sample", "accepted", "acc by #observed", "s"):
+        table.add_column(col)
+    for m, r in metrics.items():
+        by = " ".join(f"{k}:{v:.3f}" for k, v in sorted(r.accuracy_by_num_observed.items()))
+        table.add_row(
+            m, f"{r.accuracy:.4f}", "-" if r.auc is None else f"{r.auc:.4f}", f"{r.avg_steps:.2f}",
+            "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.1%}", by, f"{r.seconds:.1f}",
+        )
+    from rich.console import Console
+
+    Console().print(table)
+
+
+@app.command("predict")
+@friendly_errors
+def predict_cmd(
+    bundle: Path = typer.Argument(..., help="Model bundle folder (see `dymo bundle` / the demo)."),
+    input: Path = typer.Argument(..., help="Input folder: <modality>/<id>.png for images, <modality>.csv for vectors/text."),
+    out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
+    batch_size: int = typer.Option(256),
+    method: Optional[str] = typer.Option(None, help="Override the bundle's selection method."),
+) -> None:
+    """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards."""
+    import csv
+    import io
+    import json
+
+    from rich.progress import track
+
+    from dymo.inference.classifier import DyMoClassifier
+    from dymo.inference.folder import InputFolder
+    from dymo.selection.selector import SelectionConfig
+    from dymo.utils.io import atomic_write
+
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise typer.BadParameter("--out must end in .csv or .json")
+    clf = DyMoClassifier.from_pretrained(bundle)
+    folder = InputFolder.scan(input, clf.specs)
+    selection = SelectionConfig.from_dict({**clf.selection.to_dict(), "method": method}) if method else None
+    records: list[dict] = []
+    ids = folder.ids
+    for start in track(range(0, len(ids), batch_size), description=f"predicting {len(ids)} samples", console=console):
+        chunk = ids[start : start + batch_size]
+        batch, errors = folder.load(chunk)
+        ok = [i for i, sid in enumerate(chunk) if sid not in errors]
+        if ok:
+            pred = clf.predict(batch.index(ok), selection)
+            for rec in pred.to_records([chunk[i] for i in ok]):
+                records.append({**rec, "status": "ok"})
+        for sid, msg in errors.items():
+            records.append({"sample": sid, "status": "error", "error": msg})
+    order = {sid: i for i, sid in enumerate(ids)}
+    records.sort(key=lambda r: order[r["sample"]])
+    if out.suffix.lower() == ".json":
+        with atomic_write(out) as f:
+            json.dump(records, f, indent=1)
+    else:
+        buf = io.StringIO()
+        cols = ["sample", "status", "predicted_class", *[f"p_{c}" for c in clf.class_names], "observed", "recovered", "used", "steps", "error"]
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        for r in records:
+            row = {"sample": r["sample"], "status": r["status"], "error": r.get("error", "")}
+            if r["status"] == "ok":
+                row.update({f"p_{c}": p for c, p in r["probabilities"].items()})
+                row.update(
+                    predicted_class=r["predicted_class"], observed=";".join(r["observed"]), recovered=";".join(r["recovered"]),
+                    used=";".join(r["used"]), steps=json.dumps(r["steps"]),
+                )
+            w.writerow(row)
+        with atomic_write(out) as f:
+            f.write(buf.getvalue())
+    n_err = sum(r["status"] == "error" for r in records)
+    console.print(f"[green]wrote[/] {out}: {len(records) - n_err} predicted, {n_err} failed" + (" (see the error column)" if n_err else ""))
+
+
+@app.command("bundle")
+@friendly_errors
+def bundle_cmd(
+    run: Path = typer.Argument(..., help="Calibrated backbone run folder."),
+    recovery: Path = typer.Option(..., help="Recovery run folder."),
+    out: Path = typer.Option(..., help="Bundle folder to write."),
+    method: str = typer.Option("dymo", help="Default selection method of the bundle."),
+) -> None:
+    """Assemble a model bundle (backbone + calibration + recoverer + selection config) for `dymo predict`."""
+    from dymo.inference.classifier import DyMoClassifier
+    from dymo.selection.selector import SelectionConfig
+
+    clf = DyMoClassifier.from_run(run, recovery, SelectionConfig(method=method))  # type: ignore[arg-type]
+    clf.save_pretrained(out)
+    console.print(f"[green]bundle[/] written to {out}")

@@ -43,7 +43,7 @@ def train_backbone_cmd(
     tensorboard: bool = typer.Option(False, help="Also log to TensorBoard (needs tensorboard installed)."),
 ) -> None:
     """Train the flexible backbone (K random modality subsets per batch, prototype loss)."""
-    from dymo.data.registry import load_or_build
+    from dymo.data.registry import open_dataset
     from dymo.models.backbone import BackboneConfig
     from dymo.training.run import TrainConfig, train_backbone
     from dymo.utils.io import read_json
@@ -57,7 +57,7 @@ def train_backbone_cmd(
             "max_train_samples": max_train_samples, "seed": seed, **overrides.get("train", {}),
         }
     )
-    dataset = load_or_build(data)
+    dataset = open_dataset(data)
     out = out or Path("runs") / f"backbone-{dataset.name}-{metric}"
     dev: int | str = int(devices) if devices.isdigit() else devices
     run = train_backbone(

@@ -217,3 +217,15 @@ def load_or_build(
         return SplitDataset.load(dataset_dir(name, root))
     build_dataset(name, root, progress, **options)
     return SplitDataset.load(dataset_dir(name, root))
+
+
+def open_dataset(ref: str | os.PathLike, root: str | os.PathLike | None = None) -> SplitDataset:
+    """What CLI commands use: a registry name is loaded if built (with whatever options it was
+    built with: an existing build is never rebuilt or overwritten here) and built with the
+    defaults otherwise; anything else is read as a dataset folder."""
+    text = str(ref)
+    if text in REGISTRY:
+        if (dataset_dir(text, root) / "meta.json").exists():
+            return SplitDataset.load(dataset_dir(text, root))
+        return load_or_build(text, root)
+    return load_dataset(ref, root)

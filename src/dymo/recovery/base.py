@@ -144,7 +144,8 @@ class Recoverer(ABC):
             filled = self._recover_missing(clean)
         return merge_recovered(batch, filled)
 
-    __call__ = recover
+    def __call__(self, batch: MultimodalBatch) -> MultimodalBatch:
+        return self.recover(batch)
 
     @abstractmethod
     def _recover_missing(self, batch: MultimodalBatch) -> dict[str, torch.Tensor]: ...

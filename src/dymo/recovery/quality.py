@@ -168,7 +168,7 @@ class ControlledQualityRecoverer(_Wrapper):
     def recover(self, batch: MultimodalBatch) -> MultimodalBatch:
         self._check_fitted()
         assert self.inner is not None
-        rec = self.inner.recover(batch)  # validates the batch
+        rec = self.inner.recover(batch).to("cpu")  # validates the batch; the noise is drawn on the CPU
         b, m = len(batch), len(self.specs)
         g = self._generator
         # Fixed-size draws per call (see the module doc).
@@ -176,15 +176,15 @@ class ControlledQualityRecoverer(_Wrapper):
         u_class = torch.rand(b, m, generator=g)
         u_row = torch.rand(b, m, generator=g)
         noisy = {spec.name: self._low_fidelity(spec, rec.data[spec.name], g) for spec in self.specs}
-        missing = ~batch.observed
+        missing = ~batch.observed.cpu()
         events = torch.full((b, m), INNER, dtype=torch.long)
         events[u < self.config.p_noise] = LOW_FIDELITY
         events[(u >= self.config.p_noise) & (u < self.config.p_noise + self.config.p_misaligned)] = MISALIGNED
         events[~missing] = OBSERVED
         sources = torch.full((b, m), -1, dtype=torch.long)
+        if self.config.p_misaligned > 0 and bool(missing.any()) and batch.labels is None:
+            raise DataError(f"{self.name}: misaligned recoveries (p_misaligned > 0) need batch.labels (experiment-only)")
         if bool((events == MISALIGNED).any()):
-            if batch.labels is None:
-                raise DataError(f"{self.name}: misaligned recoveries need batch.labels (experiment-only)")
             sources = self._other_class_rows(batch.labels.cpu(), u_class, u_row)
             sources[events != MISALIGNED] = -1
         filled: dict[str, torch.Tensor] = {}

@@ -25,8 +25,11 @@ candidate whose all-modality embedding ``normalise(mean_m E[n, m])`` has the lar
 cosine similarity to the other candidates (robust to one odd neighbour). One neighbour
 supplies all of a sample's missing modalities, so they stay consistent with each other.
 
-Inference is vectorised per observed pattern (samples grouped by pattern) with chunked
-matrix products; the encoders run once per observed slot.
+Inference is vectorised over a whole batch with mixed patterns: the encoders run once per
+observed slot, the scores ``q . sum_{m in S} E[n, m]`` are accumulated one modality at a time
+(chunked matrix products over queries), and the key norms ``||sum_{m in S} E[n, m]||`` come
+from per-training-sample Gram matrices ``E[n] E[n]^T`` (cached per pattern), so per-pattern
+keys are never built.
 
 Training data are saved by reference (see :class:`~dymo.recovery.base.TrainingData`): the
 save folder records the dataset's ``.npy`` files relative to itself plus a fingerprint, so
@@ -47,14 +50,9 @@ import torch.nn.functional as F
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.errors import BundleError, ConfigError
-from dymo.recovery.base import (
-    Recoverer,
-    RecovererConfig,
-    TrainingData,
-    group_by_pattern,
-    require_weights,
-)
+from dymo.recovery.base import Recoverer, RecovererConfig, TrainingData, require_weights
 from dymo.recovery.coherence import UnimodalClassifier, UnimodalConfig
+from dymo.utils.subsets import masks_to_codes
 
 log = logging.getLogger("dymo.recovery")
 
@@ -72,7 +70,7 @@ class RetrievalConfig(RecovererConfig):
     lr: float = 1e-3
     seed: int = 0
     # inference / storage
-    chunk_size: int = 512
+    chunk_size: int = 256  # queries scored at once: chunk_size x N floats of memory
     max_embedded_mb: float = 256.0
 
     def validate(self) -> None:
@@ -110,6 +108,7 @@ class RetrievalRecoverer(Recoverer):
         self.train_data: TrainingData | None = None
         #: training-row index used for each sample of the last ``recover`` call (-1: none needed)
         self.last_neighbors: torch.Tensor | None = None
+        self._emb: torch.Tensor | None = None  # derived search tables, see _prepare
 
     # -- fitting ---------------------------------------------------------------------------
     def _fit(self, train: MultimodalDataset, progress: bool) -> None:
@@ -118,12 +117,14 @@ class RetrievalRecoverer(Recoverer):
         self.embedder = UnimodalClassifier(self.specs, self.class_names, self.config.embedder_config())
         self.embedder.fit(train, progress=progress, description="retrieval embedder")
         self.train_embeddings = self.embedder.embed_dataset(train, progress=progress, dtype=torch.float16)
+        self._emb = None
         self.train_data = data
 
     # -- inference -------------------------------------------------------------------------
     def _recover_missing(self, batch: MultimodalBatch) -> dict[str, torch.Tensor]:
         assert self.embedder is not None and self.train_embeddings is not None and self.train_data is not None
         self.embedder.eval()
+        batch = batch.to("cpu")  # retrieval runs on the CPU; merge_recovered moves results back
         b, m = len(batch), len(self.specs)
         d = self.train_embeddings.shape[-1]
         needs = ~batch.observed.all(dim=1)
@@ -136,34 +137,62 @@ class RetrievalRecoverer(Recoverer):
                 if x.is_floating_point():
                     x = torch.nan_to_num(x, nan=0.0)
                 query[rows, j] = self.embedder.features(name, x).float()
+        query_sum = query.sum(1)  # [B, d]; a positive per-query scale does not change the ranking
+        codes = masks_to_codes(batch.observed)
         neighbors = torch.full((b,), -1, dtype=torch.long)
-        for pattern, idx in group_by_pattern(batch.observed):
-            if bool(pattern.all()):
-                continue
-            neighbors[idx] = self._neighbors(F.normalize(query[idx][:, pattern].mean(1), dim=-1), pattern)
+        todo = torch.nonzero(needs).flatten()
+        for s in range(0, len(todo), self.config.chunk_size):
+            rows = todo[s : s + self.config.chunk_size]
+            neighbors[rows] = self._neighbors(query_sum[rows], batch.observed[rows], codes[rows])
         self.last_neighbors = neighbors
         return self._gather(batch, neighbors)
 
-    def _neighbors(self, q: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-        """Nearest training rows (k=1) or the medoid of the k nearest, for queries ``q [n, d]``."""
-        emb = self.train_embeddings
-        assert emb is not None
-        keys = F.normalize(emb[:, pattern].float().mean(1), dim=-1)  # [N, d]
-        k = min(self.config.k, keys.shape[0])
-        out = torch.empty(q.shape[0], dtype=torch.long)
-        full = None
-        for s in range(0, q.shape[0], self.config.chunk_size):
-            sims = q[s : s + self.config.chunk_size] @ keys.T  # [c, N]
-            if k == 1:
-                out[s : s + len(sims)] = sims.argmax(dim=1)
-                continue
-            cand = sims.topk(k, dim=1).indices  # [c, k]
-            if full is None:
-                full = F.normalize(emb.float().mean(1), dim=-1)
-            fc = full[cand]  # [c, k, d]
-            score = (fc @ fc.transpose(1, 2)).sum(-1)  # [c, k]
-            out[s : s + len(sims)] = cand.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
-        return out
+    def _prepare(self) -> None:
+        """Derived search tables (float32 ``[M, N, d]`` embeddings, per-sample Gram matrices)."""
+        if getattr(self, "_emb", None) is not None:
+            return
+        assert self.train_embeddings is not None
+        e = self.train_embeddings.float()  # [N, M, d]
+        self._emb = e.transpose(0, 1).contiguous()  # [M, N, d]
+        self._gram = e @ e.transpose(1, 2)  # [N, M, M]
+        self._inv_norm: dict[int, torch.Tensor] = {}
+        self._full: torch.Tensor | None = None
+
+    def _inverse_key_norms(self, code: int) -> torch.Tensor:
+        """``1 / ||sum_{m in S} E[n, m]||`` for the subset with bit code ``code``, cached."""
+        if code not in self._inv_norm:
+            sel = ((code >> torch.arange(len(self.specs))) & 1).float()
+            sq = torch.einsum("nij,i,j->n", self._gram, sel, sel)
+            self._inv_norm[code] = sq.clamp(min=1e-12).rsqrt()
+        return self._inv_norm[code]
+
+    def _neighbors(self, q: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Nearest training rows (k=1) or the medoid of the k nearest.
+
+        ``q [c, d]`` is the sum of each query's observed embeddings. The cosine similarity to
+        ``key_n = normalise(sum_{m in S} E[n, m])`` is ``q . sum_{m in S} E[n, m] / ||...||``
+        up to a positive per-query factor; it is accumulated one modality at a time and the key
+        norms come from per-sample Gram matrices, so keys are never materialised.
+        """
+        self._prepare()
+        n_train = self._emb.shape[1]
+        scores = torch.zeros(len(q), n_train)
+        for j in range(len(self.specs)):
+            rows = torch.nonzero(observed[:, j]).flatten()
+            if len(rows):
+                scores.index_add_(0, rows, q[rows] @ self._emb[j].T)
+        uniq, inv = torch.unique(codes, return_inverse=True)
+        scale = torch.stack([self._inverse_key_norms(int(c)) for c in uniq])  # [u, N]
+        scores.mul_(scale[inv])
+        k = min(self.config.k, n_train)
+        if k == 1:
+            return scores.argmax(dim=1)
+        cand = scores.topk(k, dim=1).indices  # [c, k]
+        if self._full is None:
+            self._full = F.normalize(self._emb.mean(0), dim=-1)  # all-modality embedding [N, d]
+        fc = self._full[cand]  # [c, k, d]
+        medoid = (fc @ fc.transpose(1, 2)).sum(-1).argmax(1, keepdim=True)
+        return cand.gather(1, medoid).squeeze(1)
 
     def _gather(self, batch: MultimodalBatch, neighbors: torch.Tensor) -> dict[str, torch.Tensor]:
         assert self.train_data is not None
@@ -208,6 +237,7 @@ class RetrievalRecoverer(Recoverer):
             raise BundleError(f"{path}: embedder weights do not fit the config ({e})") from None
         self.embedder.eval()
         self.train_embeddings = tensors["train_embeddings"]
+        self._emb = None
         self.train_data = TrainingData.load(path, extra["train_data"], self.specs, self.class_names, train=train)
         if self.train_embeddings.shape[0] != len(self.train_data.dataset):
             raise BundleError(

@@ -1,0 +1,414 @@
+"""The baseline protocol: one interface for every method DyMo is compared with.
+
+A :class:`Baseline` is fitted on the *complete* training split of a
+:class:`~dymo.data.dataset.SplitDataset` (missingness is simulated during training; model
+selection on ``data['val']``) and then classifies incomplete test batches:
+
+- ``predict_proba(batch, recovered=None) -> Tensor[B, C]`` (rows sum to 1, on the CPU).
+  ``batch.observed`` marks the available modalities; missing slots may hold anything (NaN
+  included) and are never read, except by the experiment-only oracles (``reads_missing``).
+- Recovery-based baselines (``uses_recovery``) classify from recovered data: they use
+  ``recovered`` (the output of a :class:`~dymo.recovery.base.Recoverer` on ``batch``) when given,
+  else call the recoverer passed to :meth:`Baseline.fit` (or :meth:`Baseline.load`).
+  Recovery-free baselines ignore ``recovered``, so an evaluation loop can pass it to all.
+- ``save(dir)`` / ``load(dir)``: ``config.json`` + ``weights.safetensors`` (+ ``recoverer/``).
+
+Writing a baseline: subclass :class:`Baseline`, set ``name``, ``paper`` and ``config_class``,
+implement ``_build()`` (the network for ``self.config`` / ``self.specs``, used by ``load``),
+``_fit(data, progress)`` (sets ``self.net``) and ``_predict(batch, recovered)`` (probabilities,
+on the network's device; ``batch`` is validated and already there). Register it in
+:mod:`dymo.baselines.registry`. Most baselines train through the one shared Lightning helper,
+:func:`dymo.baselines.training.fit_network` (see :class:`NetBaseline`).
+
+On disk::
+
+    config.json          {"format": 1, "kind", "dymo_version", "config", "specs",
+                          "class_names", "recoverer": "recoverer" | null}
+    weights.safetensors  the network's state dict
+    recoverer/           the recoverer's own folder (when the baseline holds one)
+
+``config.json`` is written last, so its presence marks a complete save. No pickles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+import dymo
+from dymo.config import Config
+from dymo.data.batch import MultimodalBatch
+from dymo.data.dataset import MultimodalDataset, SplitDataset
+from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
+from dymo.errors import BundleError, ConfigError, DataError
+from dymo.recovery.base import Recoverer
+from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
+
+log = logging.getLogger("dymo.baselines")
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+RECOVERER_DIR = "recoverer"
+
+B = TypeVar("B", bound="Baseline")
+
+
+@dataclass
+class FitConfig(Config):
+    """Training budget of the baselines trained by :func:`~dymo.baselines.training.fit_network`.
+
+    Defaults follow :class:`~dymo.training.run.TrainConfig` (Adam, lr 1e-3, a few epochs,
+    early stopping on the validation accuracy): small enough for a CPU.
+    """
+
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 3
+    seed: int = 0
+    max_train_samples: int | None = None
+    eval_batch_size: int = 512
+    accelerator: str = "cpu"
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("FitConfig: epochs, batch_size and eval_batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"FitConfig: lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"FitConfig: weight_decay must be >= 0, got {self.weight_decay}")
+        if self.patience < 1:
+            raise ConfigError(f"FitConfig: patience must be >= 1, got {self.patience}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError("FitConfig: max_train_samples must be >= 1 (or null)")
+
+
+class Baseline(ABC):
+    """A comparison method behind DyMo's interface. See the module docstring."""
+
+    #: Registry name (also written to ``config.json``).
+    name: ClassVar[str] = ""
+    #: The paper the baseline follows (short citation).
+    paper: ClassVar[str] = ""
+    config_class: ClassVar[type[Config]] = Config
+    #: Classifies from recovered data (needs ``recovered=`` or a recoverer).
+    uses_recovery: ClassVar[bool] = False
+    #: EXPERIMENT-ONLY: reads the slots of missing modalities (the true data). Never for results.
+    reads_missing: ClassVar[bool] = False
+    #: EXPERIMENT-ONLY: ``predict_proba`` reads ``batch.labels``. Never for results.
+    uses_labels: ClassVar[bool] = False
+
+    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = self.config_class.from_dict(overrides)
+        else:
+            if not isinstance(config, self.config_class):
+                raise ConfigError(
+                    f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+                )
+            if overrides:
+                config = config.replace(**overrides)
+        self.config: Any = config
+        self.specs: list[ModalitySpec] = []
+        self.class_names: list[str] = []
+        self.net: nn.Module | None = None
+        self.recoverer: Recoverer | None = None
+        self.device = torch.device("cpu")
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def experiment_only(self) -> bool:
+        """True for upper bounds that read what a real method cannot (missing data, labels)."""
+        return self.reads_missing or self.uses_labels
+
+    @property
+    def fitted(self) -> bool:
+        return self.net is not None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.specs)
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.specs)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.fitted else "not fitted"
+        return f"{type(self).__name__}({self.config}, {state}, modalities={list(self.modalities)})"
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self: B, data: SplitDataset, recoverer: Recoverer | None = None, progress: bool = True) -> B:
+        """Train on ``data['train']`` (complete; missingness simulated), select on ``data['val']``.
+
+        ``recoverer``: a fitted recoverer, kept for :meth:`predict_proba` (recovery-based
+        baselines only; it is never refitted here, and training never uses it).
+        """
+        if not isinstance(data, SplitDataset):
+            raise DataError(f"{self.name}: fit needs a SplitDataset (train + val splits), got {type(data).__name__}")
+        for split in ("train", "val"):
+            _check_complete(data[split], split, self.name)
+        if recoverer is not None:
+            self._attach_recoverer(recoverer, data.specs)
+        self.specs = list(data.specs)
+        self.class_names = list(data.class_names)
+        self._fit(data, progress)
+        assert self.net is not None, f"{type(self).__name__}._fit did not set self.net"
+        self.net.to(self.device).eval()
+        return self
+
+    def _attach_recoverer(self, recoverer: Recoverer, specs: Sequence[ModalitySpec]) -> None:
+        if not self.uses_recovery:
+            log.info("%s does not use recovery; the recoverer is ignored", self.name)
+            return
+        if not isinstance(recoverer, Recoverer):
+            raise ConfigError(f"{self.name}: recoverer must be a Recoverer, got {type(recoverer).__name__}")
+        if not recoverer.fitted:
+            raise ConfigError(f"{self.name}: the recoverer {recoverer.name!r} is not fitted; fit it first (it stays frozen)")
+        names = tuple(s.name for s in specs)
+        if recoverer.modalities != names:
+            raise ConfigError(
+                f"{self.name}: the recoverer knows modalities {list(recoverer.modalities)}, the data has {list(names)}"
+            )
+        self.recoverer = recoverer
+
+    @abstractmethod
+    def _build(self) -> nn.Module:
+        """The (untrained) network for ``self.config``, ``self.specs`` and ``self.class_names``."""
+
+    @abstractmethod
+    def _fit(self, data: SplitDataset, progress: bool) -> None:
+        """Train; set ``self.net``. ``self.specs`` / ``self.class_names`` are already set."""
+
+    # -- inference -------------------------------------------------------------------------
+    def to(self: B, device: torch.device | str) -> B:
+        self.device = torch.device(device)
+        if self.net is not None:
+            self.net.to(self.device)
+        if self.recoverer is not None:
+            self.recoverer.to(self.device)
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, batch: MultimodalBatch, recovered: MultimodalBatch | None = None) -> torch.Tensor:
+        """Class probabilities ``[B, C]`` (CPU, float32, rows sum to 1).
+
+        ``recovered``: ``batch`` with its missing slots filled by a recoverer; used by
+        recovery-based baselines (else they call their own recoverer), ignored by the others.
+        """
+        if not self.fitted:
+            raise DataError(f"{self.name}: baseline is not fitted; call fit(data) or load a saved one")
+        assert self.net is not None
+        if not isinstance(batch, MultimodalBatch):
+            raise DataError(f"{self.name}: predict_proba needs a MultimodalBatch, got {type(batch).__name__}")
+        batch.validate(self.specs, self.num_classes)
+        if len(batch) == 0:
+            raise DataError(f"{self.name}: empty batch (no sample)")
+        if self.uses_labels and batch.labels is None:
+            raise DataError(
+                f"{self.name} is an EXPERIMENT-ONLY, label-aware upper bound: it reads batch.labels, "
+                "and this batch has none"
+            )
+        if not self.uses_recovery and not self.reads_missing:
+            empty = ~batch.observed.any(dim=1)
+            if bool(empty.any()):
+                i = int(torch.nonzero(empty).flatten()[0])
+                raise DataError(
+                    f"{self.name}: sample {i} has no observed modality; this baseline classifies from "
+                    "observed modalities only"
+                )
+        rec = self._recovered(batch, recovered).to(self.device) if self.uses_recovery else None
+        self.net.eval()
+        probs = self._predict(batch.to(self.device), rec).float()
+        if probs.shape != (len(batch), self.num_classes):
+            raise AssertionError(f"{self.name}: _predict returned shape {tuple(probs.shape)}")
+        return (probs / probs.sum(dim=1, keepdim=True)).cpu()
+
+    def predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None = None) -> torch.Tensor:
+        """Predicted classes ``[B]`` (argmax of :meth:`predict_proba`)."""
+        return self.predict_proba(batch, recovered).argmax(dim=1)
+
+    def predict_dataset(self, dataset: MultimodalDataset, batch_size: int = 512, progress: bool = False) -> torch.Tensor:
+        """:meth:`predict_proba` over a whole dataset (its ``observed`` mask), ``[N, C]``."""
+        starts = range(0, len(dataset), batch_size)
+        if progress:
+            from rich.progress import track
+
+            starts = track(starts, description=f"{self.name}: predicting")
+        out = [self.predict_proba(dataset.batch(range(s, min(s + batch_size, len(dataset))))) for s in starts]
+        return torch.cat(out)
+
+    @abstractmethod
+    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
+        """Probabilities ``[B, C]`` for a validated batch (and its recovery) on ``self.device``."""
+
+    def _recovered(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> MultimodalBatch:
+        """``recovered`` checked against ``batch``, or the recoverer's output."""
+        if recovered is None:
+            if self.recoverer is None:
+                raise ConfigError(
+                    f"{self.name} is recovery-based: pass recovered= to predict_proba, or a fitted "
+                    "recoverer to fit(..., recoverer=) / load(..., recoverer=)"
+                )
+            return self.recoverer.recover(batch)
+        if not isinstance(recovered, MultimodalBatch):
+            raise DataError(f"{self.name}: recovered must be a MultimodalBatch, got {type(recovered).__name__}")
+        if recovered.modalities != batch.modalities or len(recovered) != len(batch):
+            raise DataError(
+                f"{self.name}: recovered batch ({len(recovered)} samples, modalities {list(recovered.modalities)}) "
+                f"does not match the batch ({len(batch)} samples, {list(batch.modalities)})"
+            )
+        if not torch.equal(recovered.observed.cpu(), batch.observed.cpu()):
+            raise DataError(f"{self.name}: recovered.observed differs from batch.observed; pass the recoverer's output unchanged")
+        for i, spec in enumerate(self.specs):
+            x = recovered.data.get(spec.name)
+            if x is None or tuple(x.shape) != (len(batch), *spec.shape):
+                got = None if x is None else tuple(x.shape)
+                raise DataError(f"{self.name}: recovered modality {spec.name!r} has shape {got}, expected {(len(batch), *spec.shape)}")
+            miss = ~recovered.observed[:, i].to(x.device)
+            if not bool(miss.any()):
+                continue
+            rows = x[miss].reshape(int(miss.sum()), -1)
+            bad = ~torch.isfinite(rows).all(dim=1) if x.is_floating_point() else (rows < 0).any(dim=1)
+            if bool(bad.any()):
+                s = int(torch.nonzero(miss).flatten()[torch.nonzero(bad).flatten()[0]])
+                raise DataError(f"{self.name}: sample {s}: recovered modality {spec.name!r} holds no recovery (NaN/Inf or negative ids)")
+        return recovered
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path_dir: str | os.PathLike) -> Path:
+        """Write the fitted baseline (and its recoverer, if any) to a folder."""
+        if not self.fitted:
+            raise DataError(f"{self.name}: nothing to save; the baseline is not fitted")
+        assert self.net is not None
+        path = Path(path_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        save_tensors(path / WEIGHTS_FILE, self.net.state_dict(), metadata={"kind": self.name, "dymo_version": dymo.__version__})
+        rec_dir = None
+        if self.recoverer is not None:
+            self.recoverer.save(path / RECOVERER_DIR)
+            rec_dir = RECOVERER_DIR
+        write_json(
+            path / CONFIG_FILE,
+            {
+                "format": FORMAT_VERSION,
+                "kind": self.name,
+                "dymo_version": dymo.__version__,
+                "config": self.config.to_dict(),
+                "specs": specs_to_list(self.specs),
+                "class_names": list(self.class_names),
+                "recoverer": rec_dir,
+            },
+        )
+        return path
+
+    @classmethod
+    def load(
+        cls: type[B],
+        path_dir: str | os.PathLike,
+        recoverer: Recoverer | None = None,
+        map_location: str | torch.device = "cpu",
+        **recoverer_kwargs: Any,
+    ) -> B:
+        """Load a folder written by :meth:`save`. Called on :class:`Baseline` itself (or via
+        :func:`~dymo.baselines.registry.load_baseline`) it loads whatever kind the folder holds.
+
+        ``recoverer``: use this fitted recoverer instead of the saved one;
+        ``recoverer_kwargs`` go to :func:`~dymo.recovery.registry.load_recoverer` (e.g. ``train=``).
+        """
+        path = Path(path_dir)
+        meta = read_baseline_meta(path)
+        if not cls.name:  # the abstract base: dispatch on the saved kind
+            from dymo.baselines.registry import baseline_class
+
+            cls = baseline_class(meta["kind"])  # type: ignore[assignment]
+        elif meta["kind"] != cls.name:
+            raise BundleError(f"{path / CONFIG_FILE}: holds a {meta['kind']!r} baseline, not {cls.name!r}")
+        try:
+            config = cls.config_class.from_dict(meta["config"])
+        except ConfigError as e:
+            raise BundleError(f"{path / CONFIG_FILE}: bad config ({e})") from None
+        obj = cls(config=config)
+        obj.specs = specs_from_list(meta["specs"])
+        obj.class_names = list(meta["class_names"])
+        net = obj._build()
+        wpath = path / WEIGHTS_FILE
+        try:
+            state = load_tensors(wpath)
+        except FileNotFoundError:
+            raise BundleError(f"{wpath}: file missing") from None
+        except Exception as e:  # safetensors raises its own error types
+            raise BundleError(f"{wpath}: truncated or corrupt weights ({e})") from None
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise BundleError(f"{wpath}: weights do not fit this {meta['kind']!r} config/specs ({str(e).splitlines()[0]})") from None
+        obj.net = net.eval()
+        if recoverer is not None:
+            obj._attach_recoverer(recoverer, obj.specs)
+        elif meta.get("recoverer"):
+            from dymo.recovery.registry import load_recoverer
+
+            obj.recoverer = load_recoverer(path / meta["recoverer"], **recoverer_kwargs)
+        return obj.to(map_location)
+
+
+def read_baseline_meta(path: Path) -> dict[str, Any]:
+    """Read and check a baseline folder's ``config.json``."""
+    cfg = Path(path) / CONFIG_FILE
+    if not cfg.exists():
+        raise BundleError(f"{path}: no {CONFIG_FILE}; not a saved baseline (or its save did not finish)")
+    try:
+        meta = read_json(cfg)
+    except ValueError as e:
+        raise BundleError(f"{cfg}: corrupt JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise BundleError(f"{cfg}: baseline format {got!r}, this dymo reads {FORMAT_VERSION}")
+    for key in ("kind", "config", "specs", "class_names"):
+        if key not in meta:
+            raise BundleError(f"{cfg}: key {key!r} missing")
+    return meta
+
+
+def _check_complete(ds: MultimodalDataset, split: str, who: str) -> None:
+    """Baselines train on complete data (missingness is simulated); say so if it is not."""
+    missing = ~ds.observed
+    if missing.any():
+        i, m = (int(v) for v in np.argwhere(missing)[0])
+        raise DataError(
+            f"{who}: the {split} split must be complete (missingness is simulated during training), "
+            f"but sample {i} misses modality {ds.modalities[m]!r}"
+        )
+
+
+class NetBaseline(Baseline):
+    """A baseline whose network (a :class:`~dymo.baselines.training.BaselineNet`) is trained
+    by the shared Lightning helper; its config has a ``train: FitConfig`` field."""
+
+    def _fit(self, data: SplitDataset, progress: bool) -> None:
+        from dymo.baselines.training import fit_network, seed_everything
+
+        seed_everything(self.config.train.seed)
+        net = self._build()
+        fit_network(net, data, self.config.train, progress=progress, name=self.name)
+        self._after_fit(net, data)
+        self.net = net
+
+    def _after_fit(self, net: nn.Module, data: SplitDataset) -> None:
+        """Hook: post-training steps on the best weights (e.g. ranking modalities on val)."""
