@@ -99,10 +99,11 @@ def speed(args: argparse.Namespace) -> dict:
     (t_ours, t_ref), (ours, ref) = time_both([rec.recover, rec.recover_all_subsets], items, args.repeats)
     max_diff, identical, total = 0.0, 0, 0
     for a, b in zip(ours, ref, strict=True):
-        for name in ds.modalities:
+        for i, name in enumerate(ds.modalities):
             x, y = a.data[name], b.data[name]
             max_diff = max(max_diff, float((x.double() - y.double()).abs().max()))
-            same = (x == y).flatten(1).all(1)
+            miss = ~a.observed[:, i]
+            same = (x[miss] == y[miss]).flatten(1).all(1)
             identical += int(same.sum())
             total += len(same)
     n = len(ds)
@@ -121,7 +122,7 @@ def speed(args: argparse.Namespace) -> dict:
         "ms_per_sample_all_subsets": 1000 * t_ref / n,
         "speedup": t_ref / t_ours,
         "max_abs_diff": max_diff,
-        "bit_identical_fraction": identical / total,
+        "bit_identical_fraction_of_recovered": identical / total,
         "outputs_match": max_diff <= 1e-5,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
@@ -132,7 +133,7 @@ def speed(args: argparse.Namespace) -> dict:
         f"  ours (PoE over observed, decode missing only): {result['ms_per_sample_ours']:.3f} ms/sample\n"
         f"  authors' (decode all {2**m - 1} subsets, pick): {result['ms_per_sample_all_subsets']:.3f} ms/sample\n"
         f"  speed-up {result['speedup']:.1f}x; max |diff| {max_diff:.2e}; "
-        f"bit-identical (sample, modality) rows {100 * result['bit_identical_fraction']:.1f}%"
+        f"recovered images bit-identical {100 * result['bit_identical_fraction_of_recovered']:.1f}%"
     )
     return result
 

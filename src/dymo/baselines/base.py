@@ -36,7 +36,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -102,8 +102,9 @@ class Baseline(ABC):
     #: The paper the baseline follows (short citation).
     paper: ClassVar[str] = ""
     config_class: ClassVar[type[Config]] = Config
-    #: Classifies from recovered data (needs ``recovered=`` or a recoverer).
-    uses_recovery: ClassVar[bool] = False
+    #: Classifies from recovered data (needs ``recovered=`` or a recoverer). A plain attribute:
+    #: a baseline whose config chooses its inputs may set it per instance.
+    uses_recovery: bool = False
     #: EXPERIMENT-ONLY: reads the slots of missing modalities (the true data). Never for results.
     reads_missing: ClassVar[bool] = False
     #: EXPERIMENT-ONLY: ``predict_proba`` reads ``batch.labels``. Never for results.
@@ -211,12 +212,20 @@ class Baseline(ABC):
         ``recovered``: ``batch`` with its missing slots filled by a recoverer; used by
         recovery-based baselines (else they call their own recoverer), ignored by the others.
         """
+        batch_dev, rec = self._prepare(batch, recovered)
+        probs = self._predict(batch_dev, rec).float()
+        if probs.shape != (len(batch), self.num_classes):
+            raise AssertionError(f"{self.name}: _predict returned shape {tuple(probs.shape)}")
+        return (probs / probs.sum(dim=1, keepdim=True)).cpu()
+
+    def _prepare(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> tuple[MultimodalBatch, MultimodalBatch | None]:
+        """Validate ``batch``, get its recovery if this baseline uses one; both on ``self.device``."""
         if not self.fitted:
             raise DataError(f"{self.name}: baseline is not fitted; call fit(data) or load a saved one")
         assert self.net is not None
         if not isinstance(batch, MultimodalBatch):
             raise DataError(f"{self.name}: predict_proba needs a MultimodalBatch, got {type(batch).__name__}")
-        batch.validate(self.specs, self.num_classes)
+        self._validate(batch, recovered)
         if len(batch) == 0:
             raise DataError(f"{self.name}: empty batch (no sample)")
         if self.uses_labels and batch.labels is None:
@@ -234,10 +243,7 @@ class Baseline(ABC):
                 )
         rec = self._recovered(batch, recovered).to(self.device) if self.uses_recovery else None
         self.net.eval()
-        probs = self._predict(batch.to(self.device), rec).float()
-        if probs.shape != (len(batch), self.num_classes):
-            raise AssertionError(f"{self.name}: _predict returned shape {tuple(probs.shape)}")
-        return (probs / probs.sum(dim=1, keepdim=True)).cpu()
+        return batch.to(self.device), rec
 
     def predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None = None) -> torch.Tensor:
         """Predicted classes ``[B]`` (argmax of :meth:`predict_proba`)."""
@@ -257,6 +263,22 @@ class Baseline(ABC):
     def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
         """Probabilities ``[B, C]`` for a validated batch (and its recovery) on ``self.device``."""
 
+    def _validate(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> None:
+        """``batch.validate``; NaN *entries* of observed vector modalities (partly missing
+        tables) are accepted when this baseline reads only recovered data and that recovery
+        imputes them (``recovered`` given, or a recoverer with ``allows_missing_values``)."""
+        imputes_values = self.uses_recovery and (
+            recovered is not None or (self.recoverer is not None and self.recoverer.allows_missing_values)
+        )
+        if imputes_values:
+            data = dict(batch.data)
+            for s in self.specs:
+                x = data.get(s.name)
+                if s.kind == "vector" and x is not None and x.is_floating_point():
+                    data[s.name] = torch.where(torch.isnan(x), torch.zeros((), dtype=x.dtype, device=x.device), x)
+            batch = replace(batch, data=data)
+        batch.validate(self.specs, self.num_classes)
+
     def _recovered(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> MultimodalBatch:
         """``recovered`` checked against ``batch``, or the recoverer's output."""
         if recovered is None:
@@ -275,18 +297,16 @@ class Baseline(ABC):
             )
         if not torch.equal(recovered.observed.cpu(), batch.observed.cpu()):
             raise DataError(f"{self.name}: recovered.observed differs from batch.observed; pass the recoverer's output unchanged")
-        for i, spec in enumerate(self.specs):
+        for spec in self.specs:
             x = recovered.data.get(spec.name)
             if x is None or tuple(x.shape) != (len(batch), *spec.shape):
                 got = None if x is None else tuple(x.shape)
                 raise DataError(f"{self.name}: recovered modality {spec.name!r} has shape {got}, expected {(len(batch), *spec.shape)}")
-            miss = ~recovered.observed[:, i].to(x.device)
-            if not bool(miss.any()):
-                continue
-            rows = x[miss].reshape(int(miss.sum()), -1)
+            # The model reads every slot of the recovered batch, observed ones included.
+            rows = x.reshape(len(batch), -1)
             bad = ~torch.isfinite(rows).all(dim=1) if x.is_floating_point() else (rows < 0).any(dim=1)
             if bool(bad.any()):
-                s = int(torch.nonzero(miss).flatten()[torch.nonzero(bad).flatten()[0]])
+                s = int(torch.nonzero(bad).flatten()[0])
                 raise DataError(f"{self.name}: sample {s}: recovered modality {spec.name!r} holds no recovery (NaN/Inf or negative ids)")
         return recovered
 

@@ -136,6 +136,7 @@ def fit_network(net: BaselineNet, data: SplitDataset, cfg: FitConfig, progress: 
     train = data["train"]
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
         train = train.subset(range(cfg.max_train_samples))
+    net.train()  # Lightning keeps the mode it finds; a second fit (DynMM's gate) starts from eval
     lit = _LitNet(net, cfg)
     trainer = L.Trainer(
         accelerator=cfg.accelerator,

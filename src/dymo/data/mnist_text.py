@@ -105,3 +105,21 @@ def build_mnist_text(config: MNISTTextConfig | None = None) -> SplitDataset:
         splits[split] = MultimodalDataset(specs, arrays, y, CLASS_NAMES, name=f"mnist-text/{split}")
     info = {"dataset": "mnist-text", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
     return SplitDataset("mnist-text", specs, list(CLASS_NAMES), splits, info)
+
+
+def add_digit_text(dataset: SplitDataset, seed: int = 0, text_length: int = MST_TEXT_LENGTH, name: str | None = None) -> SplitDataset:
+    """``dataset`` (digit classes "0".."9") plus a ``text`` modality: MoPoE's digit text of each
+    sample's label, at a random offset drawn from ``seed`` (per split). Used for
+    ``mnist-polytext`` = PolyMNIST's five images + text."""
+    if list(dataset.class_names) != CLASS_NAMES:
+        raise DataError(f"add_digit_text: dataset {dataset.name!r} has classes {dataset.class_names}, not the digits 0..9")
+    spec = ModalitySpec("text", "text", (text_length,), vocab_size=TEXT_VOCAB_SIZE, extra={"alphabet": "mopoe"})
+    if "text" in dataset.modalities:
+        raise DataError(f"add_digit_text: dataset {dataset.name!r} already has a 'text' modality")
+    specs = [*dataset.specs, spec]
+    name = name or f"{dataset.name}-text"
+    splits = {}
+    for seed_seq, (split, ds) in zip(np.random.SeedSequence([seed, 7]).spawn(len(dataset.splits)), dataset.splits.items(), strict=True):
+        text = encode_text(digit_texts(ds.labels, text_length, np.random.default_rng(seed_seq)), text_length)
+        splits[split] = MultimodalDataset(specs, {**ds.arrays, "text": text}, ds.labels, CLASS_NAMES, name=f"{name}/{split}")
+    return SplitDataset(name, specs, list(CLASS_NAMES), splits, dataset.build_info)

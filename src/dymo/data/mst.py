@@ -115,7 +115,7 @@ def digit_texts(labels: np.ndarray, length: int = MST_TEXT_LENGTH, seed: int | n
     labels = np.asarray(labels, dtype=np.int64)
     sizes = np.array([len(DIGIT_NAMES[d]) for d in range(10)])[labels]
     starts = rng.integers(0, length - sizes)  # high exclusive: 0 .. length-1-len(name)
-    return [" " * s + DIGIT_NAMES[d] + " " * (length - s - len(DIGIT_NAMES[d])) for d, s in zip(labels, starts)]
+    return [" " * s + DIGIT_NAMES[d] + " " * (length - s - len(DIGIT_NAMES[d])) for d, s in zip(labels, starts, strict=True)]
 
 
 # -- readers ------------------------------------------------------------------------------
@@ -298,7 +298,10 @@ def read_mst(config: MSTConfig | None = None, progress: Progress | None = None, 
     """Read MNIST-SVHN-Text from ``config.source`` (see the module docstring for the layout)."""
     cfg = config or MSTConfig(**options)
     if not cfg.source:
-        raise ConfigError("mst: set source=PATH, the folder holding MNIST/, SVHN/ and the *-ms-*-idx.pt files")
+        raise ConfigError(
+            "mst: set source=PATH, the folder holding MNIST/, SVHN/ and the *-ms-*-idx.pt files "
+            "(Python: build_dataset('mst', source=PATH))"
+        )
     root = Path(cfg.source).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: MNIST-SVHN-Text folder not found")

@@ -17,9 +17,22 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dymo.config import Config
+from dymo.data.celeba import BUILDER_VERSION as CELEBA_VERSION
+from dymo.data.celeba import CelebAConfig, read_celeba
 from dymo.data.dataset import SplitDataset
+from dymo.data.image_table import BUILDER_VERSION as IMAGE_TABLE_VERSION
+from dymo.data.image_table import (
+    MFEAT_IMAGE_TABLE_VERSION,
+    ImageTableConfig,
+    build_mfeat_image_table,
+    read_image_table,
+)
 from dymo.data.mfeat import BUILDER_VERSION as MFEAT_VERSION
 from dymo.data.mfeat import MFeatConfig, build_mfeat
+from dymo.data.mnist_text import BUILDER_VERSION as MNIST_TEXT_VERSION
+from dymo.data.mnist_text import MNISTTextConfig, add_digit_text, build_mnist_text
+from dymo.data.mst import BUILDER_VERSION as MST_VERSION
+from dymo.data.mst import MSTConfig, read_mst
 from dymo.data.polymnist import BUILDER_VERSION as POLYMNIST_VERSION
 from dymo.data.polymnist import PolyMNISTConfig, build_polymnist, read_polymnist_folder
 from dymo.errors import ConfigError, DataError
@@ -46,6 +59,9 @@ class DatasetEntry:
     defaults: dict[str, Any]
     builder_version: int
     build: Callable[[Any, Progress | None], BuildResult]
+    # Built from files the user supplies (``source=PATH``): ``load_or_build(name)`` with no
+    # options then loads whatever finished build is there instead of rebuilding.
+    external: bool = False
 
 
 def _build_polymnist(cfg: PolyMNISTConfig, progress: Progress | None) -> BuildResult:
@@ -62,6 +78,37 @@ def _build_mfeat(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
     if progress is not None:
         progress(1, 1)
     return BuildResult(ds, {})
+
+
+def _build_mnist_text(cfg: MNISTTextConfig, progress: Progress | None) -> BuildResult:
+    ds = build_mnist_text(cfg)
+    if progress is not None:
+        progress(1, 1)
+    return BuildResult(ds, {})
+
+
+def _build_mnist_polytext(cfg: PolyMNISTConfig, progress: Progress | None) -> BuildResult:
+    result = _build_polymnist(cfg, progress)
+    return BuildResult(add_digit_text(result.dataset, cfg.seed, name="mnist-polytext"), result.extras)
+
+
+def _build_mfeat_image_table(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
+    ds = build_mfeat_image_table(cfg)
+    if progress is not None:
+        progress(1, 1)
+    return BuildResult(ds, {})
+
+
+def _build_mst(cfg: MSTConfig, progress: Progress | None) -> BuildResult:
+    return BuildResult(read_mst(cfg, progress), {})
+
+
+def _build_celeba(cfg: CelebAConfig, progress: Progress | None) -> BuildResult:
+    return BuildResult(read_celeba(cfg, progress), {})
+
+
+def _build_image_table(cfg: ImageTableConfig, progress: Progress | None) -> BuildResult:
+    return BuildResult(read_image_table(cfg, progress), {})
 
 
 REGISTRY: dict[str, DatasetEntry] = {
@@ -90,6 +137,57 @@ REGISTRY: dict[str, DatasetEntry] = {
             {},
             MFEAT_VERSION,
             _build_mfeat,
+        ),
+        DatasetEntry(
+            "mnist-text",
+            "MNIST digit (grey 28x28) + its name as MoPoE text, 50k/10k/10k from the bundled MNIST copy",
+            MNISTTextConfig,
+            {},
+            MNIST_TEXT_VERSION,
+            _build_mnist_text,
+        ),
+        DatasetEntry(
+            "mnist-polytext",
+            "PolyMNIST's 5 image modalities + the digit's name as MoPoE text (6 modalities), 60k/3k/7k",
+            PolyMNISTConfig,
+            {},
+            POLYMNIST_VERSION,
+            _build_mnist_polytext,
+        ),
+        DatasetEntry(
+            "mfeat-image-table",
+            "UCI Multiple Features: the 16x15 pixel image + the other five views as one table, 60/20/20",
+            MFeatConfig,
+            {},
+            MFEAT_IMAGE_TABLE_VERSION,
+            _build_mfeat_image_table,
+        ),
+        DatasetEntry(
+            "mst",
+            "MNIST-SVHN-Text from the published MoPoE files (needs source=PATH)",
+            MSTConfig,
+            {},
+            MST_VERSION,
+            _build_mst,
+            external=True,
+        ),
+        DatasetEntry(
+            "celeba",
+            "CelebA image + attribute text, MoPoE layout (needs source=PATH)",
+            CelebAConfig,
+            {},
+            CELEBA_VERSION,
+            _build_celeba,
+            external=True,
+        ),
+        DatasetEntry(
+            "image-table",
+            "image + table in the TIP/DVM layout (needs source=PATH)",
+            ImageTableConfig,
+            {},
+            IMAGE_TABLE_VERSION,
+            _build_image_table,
+            external=True,
         ),
     )
 }
@@ -212,7 +310,19 @@ def load_or_build(
     progress: Progress | None = None,
     **options: Any,
 ) -> SplitDataset:
-    """Load ``name`` if a finished build with the same options exists, else build and save it."""
+    """Load ``name`` if a finished build with the same options exists, else build and save it.
+
+    For a dataset built from user-supplied files (``external``, e.g. ``mst``), calling this with
+    no options loads the finished build that is there, whatever its options.
+    """
+    if not options and get_entry(name).external:
+        meta = dataset_dir(name, root) / "meta.json"
+        if meta.exists():
+            return SplitDataset.load(dataset_dir(name, root))
+        raise DataError(
+            f"dataset {name!r} is built from your copy of its files and is not built in {dataset_dir(name, root)}; "
+            f"build it first with build_dataset({name!r}, source=PATH) (see docs/datasets.md)"
+        )
     if is_built(name, root, **options):
         return SplitDataset.load(dataset_dir(name, root))
     build_dataset(name, root, progress, **options)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dymo.data.dataset import MultimodalDataset
 from dymo.errors import ScenarioError
 from dymo.utils.io import atomic_write
 
@@ -291,3 +292,101 @@ def value_mask(shape: int | Sequence[int], gamma: float, seed: int = 0) -> np.nd
     rng = np.random.default_rng(seed)
     return rng.random(shape) >= gamma
 
+
+
+VALUE_STRATEGIES: tuple[str, ...] = ("value", "feature")
+
+
+def parse_value_missing(text: str | float) -> tuple[str, float]:
+    """Parse a value-missingness option: ``GAMMA`` or ``value:GAMMA`` (each table entry missing
+    independently with probability GAMMA), ``feature:GAMMA`` (the same ``round(GAMMA * F)``
+    columns missing in every row, TIP's "feature" strategy), or ``none``. Returns
+    ``(strategy, gamma)``; ``none`` is ``("value", 0.0)``."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        strategy, arg = "value", str(text)
+    else:
+        raw = str(text).strip()
+        if raw.lower() == "none":
+            return "value", 0.0
+        strategy, sep, arg = raw.partition(":")
+        if not sep:
+            strategy, arg = "value", raw
+        strategy = strategy.strip().lower()
+    if strategy not in VALUE_STRATEGIES:
+        raise ScenarioError(f"value missingness {text!r}: strategy must be one of {VALUE_STRATEGIES} (e.g. value:0.3)")
+    try:
+        gamma = float(arg)
+    except ValueError:
+        raise ScenarioError(f"value missingness {text!r}: GAMMA must be a number in [0, 1), got {arg!r}") from None
+    if not 0.0 <= gamma < 1.0:
+        raise ScenarioError(f"value missingness {text!r}: GAMMA must be in [0, 1), got {gamma}")
+    return strategy, gamma
+
+
+def apply_value_missing(
+    dataset: MultimodalDataset,
+    gamma: float | str,
+    seed: int = 0,
+    modalities: Sequence[str] | None = None,
+    strategy: str | None = None,
+    missing: dict[str, np.ndarray] | None = None,
+) -> MultimodalDataset:
+    """Partly missing tables: a copy of ``dataset`` whose vector modalities hold NaN at missing
+    entries (the convention :mod:`dymo.recovery.imputers` and the ``tabular`` encoder read).
+
+    ``gamma``: a rate in [0, 1) or a string for :func:`parse_value_missing` (``"value:0.3"``,
+    ``"feature:0.5"``); ``strategy`` overrides the parsed one. ``modalities``: the vector
+    modalities to touch (default: every vector modality). ``missing``: explicit masks instead
+    (modality -> bool ``[N, F]``, True = missing, e.g. a TIP ``missing_mask/*.npy`` file);
+    ``gamma`` is then ignored.
+
+    - ``value``: each entry missing independently with probability gamma (:func:`value_mask`,
+      seeded per modality); a row left with no value gets one entry, chosen uniformly, back (as
+      ``random:ETA`` does for modalities), so an observed table always carries something and the
+      expected missing fraction is ``gamma - gamma**F / F``.
+    - ``feature``: ``round(gamma * F)`` columns, chosen once (seeded), missing in every row.
+
+    The modality-level ``observed`` mask is kept as is; entries of rows whose modality is
+    unobserved are set to NaN too (they are ignored downstream either way).
+    """
+    specs = {s.name: s for s in dataset.specs}
+    names = list(modalities) if modalities is not None else [s.name for s in dataset.specs if s.kind == "vector"]
+    for name in names:
+        if name not in specs:
+            raise ScenarioError(f"value missingness: unknown modality {name!r}; this dataset has {list(specs)}")
+        if specs[name].kind != "vector":
+            raise ScenarioError(f"value missingness: modality {name!r} is {specs[name].kind}, only vector modalities hold values")
+    if not names:
+        raise ScenarioError(f"value missingness: dataset {dataset.name!r} has no vector modality")
+    parsed_strategy, rate = parse_value_missing(gamma) if missing is None else ("value", 0.0)
+    strategy = strategy or parsed_strategy
+    if strategy not in VALUE_STRATEGIES:
+        raise ScenarioError(f"value missingness: strategy must be one of {VALUE_STRATEGIES}, got {strategy!r}")
+    n = len(dataset)
+    arrays = dict(dataset.arrays)
+    seeds = np.random.SeedSequence(seed).spawn(len(names))
+    for ss, name in zip(seeds, names, strict=True):
+        f = specs[name].shape[0]
+        if missing is not None:
+            if name not in missing:
+                continue
+            holes = np.asarray(missing[name])
+            if holes.shape != (n, f) or holes.dtype != bool:
+                raise ScenarioError(f"value missingness: mask for {name!r} must be bool {(n, f)}, got {holes.dtype} {holes.shape}")
+        elif strategy == "value":
+            rng = np.random.default_rng(ss)
+            holes = ~value_mask((n, f), rate, seed=int(rng.integers(2**63)))
+            empty = np.nonzero(holes.all(axis=1))[0]
+            if len(empty):
+                holes[empty, rng.integers(0, f, size=len(empty))] = False
+        else:
+            k = round(rate * f)
+            if k >= f:
+                raise ScenarioError(f"value missingness feature:{rate}: all {f} columns of {name!r} would be missing")
+            cols = np.random.default_rng(ss).choice(f, size=k, replace=False)
+            holes = np.zeros((n, f), dtype=bool)
+            holes[:, cols] = True
+        x = np.array(dataset.arrays[name], dtype=np.float32, copy=True)
+        x[holes] = np.nan
+        arrays[name] = x
+    return MultimodalDataset(dataset.specs, arrays, dataset.labels, dataset.class_names, dataset.observed, dataset.name)

@@ -1,0 +1,57 @@
+"""Baselines by name (a table, imported lazily).
+
+``get_baseline("moddrop", train={"epochs": 2})`` builds an unfitted baseline from config
+overrides (nested configs as dicts); ``load_baseline(folder)`` loads any saved one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from typing import Any
+
+from dymo.baselines.base import Baseline
+from dymo.config import Config
+from dymo.errors import ConfigError
+
+#: name -> "module:Class"
+BASELINES: dict[str, str] = {
+    "discard": "dymo.baselines.dymo_backbone:DiscardBaseline",
+    "moddrop": "dymo.baselines.recovery_free:ModDropBaseline",
+    "mtl": "dymo.baselines.recovery_free:MultiTaskBaseline",
+    "late-fusion": "dymo.baselines.recovery_free:LateFusionBaseline",
+    "unimodal": "dymo.baselines.recovery_free:UnimodalBaseline",
+    "impute-all": "dymo.baselines.dymo_backbone:ImputeAllBaseline",
+    "concat": "dymo.baselines.recovery_based:ConcatBaseline",
+    "qmf": "dymo.baselines.dynamic:QMFBaseline",
+    "dynmm": "dymo.baselines.dynamic:DynMMBaseline",
+    "oracle-complete": "dymo.baselines.oracles:OracleCompleteBaseline",
+    "oracle-selection": "dymo.baselines.oracles:OracleSelectionBaseline",
+}
+
+#: The upper bounds that read missing data or labels: for experiments only, never results.
+EXPERIMENT_ONLY: tuple[str, ...] = ("oracle-complete", "oracle-selection")
+
+
+def registered_baselines() -> list[str]:
+    return list(BASELINES)
+
+
+def baseline_class(name: str) -> type[Baseline]:
+    if not isinstance(name, str) or name not in BASELINES:
+        close = difflib.get_close_matches(str(name), BASELINES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown baseline {name!r}{hint}; known: {list(BASELINES)}")
+    module, cls = BASELINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_baseline(name: str, config: Config | None = None, **overrides: Any) -> Baseline:
+    """An unfitted baseline ``name``; ``overrides`` are its config keys (or pass ``config=``)."""
+    return baseline_class(name)(config, **overrides)
+
+
+def load_baseline(path: str | os.PathLike, **kwargs: Any) -> Baseline:
+    """Load any saved baseline folder; ``kwargs`` go to :meth:`Baseline.load`."""
+    return Baseline.load(path, **kwargs)
