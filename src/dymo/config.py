@@ -46,7 +46,7 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"config key {name!r}: expected {len(args)} items, got {len(value)}")
-            items = [_check_type(name, v, a) for v, a in zip(value, args)]
+            items = [_check_type(name, v, a) for v, a in zip(value, args, strict=False)]
         else:
             items = [_check_type(name, v, args[0]) for v in value] if args else list(value)
         return tuple(items) if origin is tuple else items

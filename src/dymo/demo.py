@@ -26,7 +26,7 @@ from dymo.utils.io import read_json, write_json
 @dataclass
 class DemoConfig(Config):
     n_train: int = 10000
-    n_val: int = 1000
+    n_val: int = 500
     n_test: int = 2000
     epochs: int = 5
     recovery_epochs: int = 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -18,8 +17,8 @@ CALIBRATION_FILE = "calibration.safetensors"
 @friendly_errors
 def calibrate_cmd(
     run: Path = typer.Argument(..., help="Backbone run folder (from `dymo train backbone`)."),
-    data: Optional[str] = typer.Option(None, help="Dataset (default: the one the run was trained on)."),
-    max_samples: Optional[int] = typer.Option(None, help="Use only the first N training samples (default: all)."),
+    data: str | None = typer.Option(None, help="Dataset (default: the one the run was trained on)."),
+    max_samples: int | None = typer.Option(None, help="Use only the first N training samples (default: all)."),
     batch_size: int = typer.Option(512),
 ) -> None:
     """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the complete training set."""
@@ -42,15 +41,15 @@ def calibrate_cmd(
 @friendly_errors
 def evaluate_cmd(
     run: Path = typer.Argument(..., help="Backbone run folder (calibrated for the dymo/iterative/simultaneous methods)."),
-    recovery: Optional[Path] = typer.Option(None, help="Recovery run folder (from `dymo train recovery`)."),
+    recovery: Path | None = typer.Option(None, help="Recovery run folder (from `dymo train recovery`)."),
     method: str = typer.Option("discard,fuse-all,dymo", help="Comma-separated: dymo, iterative, simultaneous, fuse-all, discard."),
     missing: str = typer.Option("random:0.6", help="Scenario: random:ETA, count:K, fixed:I,J, none, or file:MASK.csv."),
     seed: int = typer.Option(0, help="Seed of the missing-modality mask."),
-    data: Optional[str] = typer.Option(None, help="Dataset (default: the run's)."),
+    data: str | None = typer.Option(None, help="Dataset (default: the run's)."),
     split: str = typer.Option("test"),
-    max_added: Optional[int] = typer.Option(None, help="Budget: at most this many recovered modalities per sample."),
+    max_added: int | None = typer.Option(None, help="Budget: at most this many recovered modalities per sample."),
     batch_size: int = typer.Option(512),
-    out: Optional[Path] = typer.Option(None, help="Also write the metrics as JSON here."),
+    out: Path | None = typer.Option(None, help="Also write the metrics as JSON here."),
 ) -> None:
     """Evaluate selection methods under a missing-modality scenario; prints accuracy, steps and acceptance."""
     from dymo.data.registry import open_dataset
@@ -97,7 +96,7 @@ def predict_cmd(
     input: Path = typer.Argument(..., help="Input folder: <modality>/<id>.png for images, <modality>.csv for vectors/text."),
     out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
     batch_size: int = typer.Option(256),
-    method: Optional[str] = typer.Option(None, help="Override the bundle's selection method."),
+    method: str | None = typer.Option(None, help="Override the bundle's selection method."),
 ) -> None:
     """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards."""
     import csv

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,10 +29,10 @@ def train_backbone_cmd(
     epochs: int = typer.Option(4, help="Maximum epochs (early stopping on validation accuracy over all subsets)."),
     batch_size: int = typer.Option(256, help="Per-process batch size."),
     lr: float = typer.Option(1e-3),
-    subsets_per_batch: Optional[int] = typer.Option(None, help="K subsets per batch (default 5 for >= 4 modalities, else 2)."),
-    max_train_samples: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
+    subsets_per_batch: int | None = typer.Option(None, help="K subsets per batch (default 5 for >= 4 modalities, else 2)."),
+    max_train_samples: int | None = typer.Option(None, help="Use only the first N training samples."),
     seed: int = typer.Option(0),
-    config: Optional[Path] = typer.Option(None, help="JSON with {'backbone': {...}, 'train': {...}} overriding the defaults."),
+    config: Path | None = typer.Option(None, help="JSON with {'backbone': {...}, 'train': {...}} overriding the defaults."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: cpu, gpu, auto."),
     devices: str = typer.Option("1", help="Lightning devices (a count, or 'auto')."),
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp."),

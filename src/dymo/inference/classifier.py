@@ -32,7 +32,12 @@ from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, DataError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.selection.calibration import Calibration
-from dymo.selection.selector import SampleExplanation, SelectionConfig, SelectionResult, select_with_backbone
+from dymo.selection.selector import (
+    SampleExplanation,
+    SelectionConfig,
+    SelectionResult,
+    select_with_backbone,
+)
 from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
 
 BUNDLE_FORMAT = 1
@@ -71,7 +76,7 @@ class Prediction:
                 {
                     "sample": sample_ids[i] if sample_ids is not None else i,
                     "predicted_class": self.class_names[int(self.class_index[i])],
-                    "probabilities": {c: round(float(p), 6) for c, p in zip(self.class_names, self.probabilities[i])},
+                    "probabilities": {c: round(float(p), 6) for c, p in zip(self.class_names, self.probabilities[i], strict=False)},
                     "observed": names(self.observed),
                     "recovered": names(self.recovered),
                     "used": names(self.used),
