@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dymo.errors import DymoError
 
@@ -24,7 +25,8 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except DymoError as e:
-            console.print(f"[bold red]error:[/] {e}")
+            # One line, unwrapped (paths stay greppable); the message itself is not markup.
+            console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper

@@ -16,6 +16,7 @@ app.add_typer(train_app, name="train")
 def _register() -> None:
     # Imported for their side effect of adding commands to `app` / `train_app`.
     from dymo.cli import (  # noqa: F401
+        benchmark_cmd,
         data_cmd,
         demo_cmd,
         recovery_cmd,

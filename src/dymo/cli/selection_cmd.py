@@ -48,6 +48,7 @@ def evaluate_cmd(
     data: str | None = typer.Option(None, help="Dataset (default: the run's)."),
     split: str = typer.Option("test"),
     max_added: int | None = typer.Option(None, help="Budget: at most this many recovered modalities per sample."),
+    value_missing: str | None = typer.Option(None, help="Partly missing tables on top: value:GAMMA or feature:GAMMA (vector modalities)."),
     batch_size: int = typer.Option(512),
     out: Path | None = typer.Option(None, help="Also write the metrics as JSON here."),
 ) -> None:
@@ -67,8 +68,8 @@ def evaluate_cmd(
     rec = load_recoverer(recovery) if recovery else None
     methods = [m.strip() for m in method.split(",") if m.strip()]
     selection = {"max_added": max_added} if max_added is not None else {}
-    metrics = evaluate_methods(backbone, cal, rec, dataset[split], missing, methods, seed=seed, batch_size=batch_size, selection=selection)
-    print_metrics(metrics, title=f"{ref}/{split} — missing {missing}, seed {seed}")
+    metrics = evaluate_methods(backbone, cal, rec, dataset[split], missing, methods, seed=seed, batch_size=batch_size, selection=selection, value_missing=value_missing)
+    print_metrics(metrics, title=f"{ref}/{split} — missing {missing}" + (f", values {value_missing}" if value_missing else "") + f", seed {seed}")
     if out:
         write_json(out, {m: v.to_dict() for m, v in metrics.items()})
         console.print(f"wrote {out}")
@@ -102,9 +103,11 @@ def predict_cmd(
     import csv
     import io
     import json
+    import re
 
     from rich.progress import track
 
+    from dymo.errors import DataError
     from dymo.inference.classifier import DyMoClassifier
     from dymo.inference.folder import InputFolder
     from dymo.selection.selector import SelectionConfig
@@ -122,9 +125,20 @@ def predict_cmd(
         batch, errors = folder.load(chunk)
         ok = [i for i, sid in enumerate(chunk) if sid not in errors]
         if ok:
-            pred = clf.predict(batch.index(ok), selection)
-            for rec in pred.to_records([chunk[i] for i in ok]):
-                records.append({**rec, "status": "ok"})
+            try:
+                preds = [(ok, clf.predict(batch.index(ok), selection))]
+            except DataError:
+                # One bad sample (e.g. an empty cell in an observed table row) must not fail the
+                # others: predict this chunk sample by sample and mark only the bad ones.
+                preds = []
+                for i in ok:
+                    try:
+                        preds.append(([i], clf.predict(batch.index([i]), selection)))
+                    except DataError as e:
+                        errors[chunk[i]] = re.sub(r"\bsample 0\b", "this sample", str(e))
+            for idx, pred in preds:
+                for rec in pred.to_records([chunk[i] for i in idx]):
+                    records.append({**rec, "status": "ok"})
         for sid, msg in errors.items():
             records.append({"sample": sid, "status": "error", "error": msg})
     order = {sid: i for i, sid in enumerate(ids)}

@@ -20,6 +20,28 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
+def read_config_file(path: Path) -> dict:
+    """The --config JSON: a mapping with only the keys 'backbone' and 'train' (ConfigError otherwise)."""
+    from dymo.errors import ConfigError
+    from dymo.utils.io import read_json
+
+    try:
+        overrides = read_json(path)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found") from None
+    except ValueError as e:
+        raise ConfigError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object with keys 'backbone'/'train', got {type(overrides).__name__}")
+    unknown = sorted(set(overrides) - {"backbone", "train"})
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key(s) {unknown}; known keys: ['backbone', 'train']")
+    for key, value in overrides.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"--config {path}: {key!r} must be a JSON object, got {type(value).__name__}")
+    return overrides
+
+
 @train_app.command("backbone")
 @friendly_errors
 def train_backbone_cmd(
@@ -48,7 +70,7 @@ def train_backbone_cmd(
     from dymo.utils.io import read_json
 
     quiet_lightning()
-    overrides = read_json(config) if config else {}
+    overrides = read_config_file(config) if config else {}
     bcfg = BackboneConfig.from_dict({**overrides.get("backbone", {}), "metric": metric})
     tcfg = TrainConfig.from_dict(
         {

@@ -175,6 +175,9 @@ class SplitDataset:
     def save(self, root: str | os.PathLike) -> Path:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
+        # Over an existing build: drop its meta.json first, so that an interrupted re-save reads
+        # as "not built" instead of a silent mix of old and new arrays.
+        (root / "meta.json").unlink(missing_ok=True)
         for split, ds in self.splits.items():
             (root / split).mkdir(exist_ok=True)
             for s in self.specs:

@@ -73,11 +73,19 @@ def evaluate_methods(
     selection: dict[str, Any] | None = None,
     observed: torch.Tensor | None = None,
     keep_results: bool = False,
+    value_missing: str | None = None,
 ) -> dict[str, MethodMetrics] | tuple[dict[str, MethodMetrics], dict[str, list[SelectionResult]]]:
     """Score each selection method (``METHODS``) on ``dataset`` under ``scenario``.
 
     ``observed`` overrides the scenario's mask (e.g. a mask CSV). ``selection`` holds extra
     :class:`SelectionConfig` fields (``max_added``, ``costs``).
+
+    ``value_missing`` (e.g. ``"value:0.5"``): partly missing tables on top of the scenario
+    (:func:`dymo.data.scenarios.apply_value_missing`, seeded by ``seed``). A vector modality
+    with missing entries counts as *recovered*, as in the paper's DVM/UKBB setting: the
+    recoverer fills its entries from what is there, and it is a candidate that DyMo may add
+    (``discard`` leaves it out) - except for a sample with nothing else observed, which starts
+    from its imputed table.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -95,7 +103,13 @@ def evaluate_methods(
     obs_all = observed.bool() if observed is not None else scenario_mask(scenario, n, mods, seed)
     if obs_all.shape != (n, len(mods)):
         raise ConfigError(f"observed mask shape {tuple(obs_all.shape)} does not match the dataset ({n}, {len(mods)})")
-    need_rec = any(m in NEEDS_RECOVERY for m in methods)
+    if value_missing is not None:
+        from dymo.data.scenarios import apply_value_missing
+
+        dataset = apply_value_missing(dataset.with_observed(obs_all.numpy()), value_missing, seed=seed)
+        if recoverer is None:
+            raise ConfigError("value missingness needs a recoverer to fill the missing table entries")
+    need_rec = any(m in NEEDS_RECOVERY for m in methods) or value_missing is not None
     configs = {m: SelectionConfig.from_dict({**(selection or {}), "method": m}) for m in methods}
     preds = {m: [] for m in methods}
     probs = {m: [] for m in methods}
@@ -104,6 +118,7 @@ def evaluate_methods(
     timings = dict.fromkeys(methods, 0.0)
     results: dict[str, list[SelectionResult]] = {m: [] for m in methods}
     labels_all = []
+    cand_rows: list[torch.Tensor] = []
     shared_seconds = 0.0
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"evaluating {scenario}", total=n)
@@ -121,11 +136,21 @@ def evaluate_methods(
             rec = rec.to(device)
             tokens = backbone.encode(rec.data, available.to(device))
             shared_seconds += time.perf_counter() - t0
-            candidates = ~hidden.observed if need_rec else torch.zeros_like(hidden.observed)
+            start_used = hidden.observed
+            if value_missing is not None:
+                partial = _partial_rows(hidden)
+                complete = hidden.observed & ~partial
+                nothing = ~complete.any(1, keepdim=True)
+                start_used = complete | (partial & nothing)
+                cand_full = ~start_used
+            else:
+                cand_full = ~hidden.observed
+            candidates = cand_full if need_rec else torch.zeros_like(hidden.observed)
+            cand_rows.append(cand_full)
             for m in methods:
                 t1 = time.perf_counter()
                 cand = candidates if m in NEEDS_RECOVERY else torch.zeros_like(candidates)
-                res = select_with_backbone(backbone, tokens, hidden.observed, cand, calibration, configs[m])
+                res = select_with_backbone(backbone, tokens, start_used, cand, calibration, configs[m])
                 timings[m] += time.perf_counter() - t1
                 preds[m].append(res.predictions)
                 probs[m].append(res.probabilities)
@@ -136,7 +161,7 @@ def evaluate_methods(
             bar.advance(task, len(idx))
     labels = torch.cat(labels_all)
     n_obs = obs_all.sum(1)
-    cand_all = ~obs_all
+    cand_all = torch.cat(cand_rows)
     out: dict[str, MethodMetrics] = {}
     for m in methods:
         p = torch.cat(preds[m])
@@ -163,6 +188,16 @@ def evaluate_methods(
         )
     if keep_results:
         return out, results
+    return out
+
+
+def _partial_rows(batch: MultimodalBatch) -> torch.Tensor:
+    """Bool ``[B, M]``: observed vector modalities holding at least one NaN entry."""
+    out = torch.zeros_like(batch.observed)
+    for i, name in enumerate(batch.modalities):
+        x = batch.data[name]
+        if x.is_floating_point() and x.ndim == 2:
+            out[:, i] = batch.observed[:, i] & torch.isnan(x).any(1)
     return out
 
 

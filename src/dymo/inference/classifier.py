@@ -171,6 +171,11 @@ class DyMoClassifier:
 
         path = Path(path)
         meta_path = path / "bundle.json"
+        previous = path.with_name(f".{path.name}.old")
+        if not meta_path.exists() and not path.exists() and (previous / "bundle.json").exists():
+            # save_pretrained over an existing bundle was killed between its two renames: the
+            # previous complete bundle is still there under its temporary name.
+            path, meta_path = previous, previous / "bundle.json"
         if not meta_path.exists():
             raise BundleError(f"{path}: not a dymo bundle (no bundle.json; an interrupted save leaves none)")
         try:
@@ -211,6 +216,9 @@ class DyMoClassifier:
         """
         if tuple(batch.modalities) != self.modalities:
             raise DataError(f"batch modalities {list(batch.modalities)} do not match the bundle's {list(self.modalities)}")
+        # Check the mask shape, data keys, shapes and dtypes before touching the data, so that a
+        # malformed batch fails with a DataError naming the problem (not an IndexError inside).
+        batch.validate(self.specs)
         hidden = batch.with_missing_filled()
         hidden.labels = None
         hidden.validate(self.specs)

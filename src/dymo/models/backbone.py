@@ -5,9 +5,9 @@ per-sample subset of modalities. Everything downstream (training with K subsets 
 calibration over all subsets, DyMo's reward search) encodes once and fuses many times.
 
 Unused modalities are invisible: their tokens are gathered out of the sequence (each sample
-keeps only its used tokens, padded to the longest in the batch and masked), so the output for a
-subset never depends on the content of unused modalities, and fusing a small subset costs
-less than fusing all of them.
+keeps only its used tokens; rows of different lengths are fused in separate groups, so there is
+no padding and no attention mask), so the output for a subset never depends on the content of
+unused modalities, and fusing a small subset costs less than fusing all of them.
 """
 
 from __future__ import annotations
@@ -127,36 +127,54 @@ class FlexibleBackbone(nn.Module):
         if bool((counts == 0).any()):
             i = int(torch.nonzero(counts == 0)[0])
             raise DataError(f"sample {i}: no modality is used; fusion needs at least one")
-        length = int(counts.max())
-        # Used tokens first (stable, so their order is kept), then keep the first `length`.
-        order = torch.argsort((~token_used).to(torch.int8), dim=1, stable=True)[:, :length]
-        seq = torch.gather(tokens, 1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        pad = torch.arange(length, device=tokens.device).unsqueeze(0) >= counts.unsqueeze(1)
-        seq = torch.where(pad.unsqueeze(-1), torch.zeros((), dtype=seq.dtype, device=seq.device), seq)
-        return self._run(seq, pad)
+        # Per row: its used tokens first, in their order (a stable sort), then the unused ones.
+        order = torch.argsort((~token_used).to(torch.int8), dim=1, stable=True)
+        lengths = torch.unique(counts).tolist()
+        if len(lengths) == 1:
+            keep = order[:, : lengths[0]]
+            return self._run(torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])))
+        # Rows of different lengths (e.g. DyMo's search: a sample's current subset next to its
+        # candidates): fuse each length group on its own, so no row is padded to the longest and
+        # no attention mask is needed, then restore the row order.
+        parts, rows = [], []
+        for length in lengths:
+            idx = torch.nonzero(counts == length).flatten()
+            parts.append(self._run(tokens[idx.unsqueeze(1), order[idx, :length]]))
+            rows.append(idx)
+        inverse = torch.argsort(torch.cat(rows))
+        return FusionOutput(*(torch.cat(field)[inverse] for field in zip(*parts, strict=True)))
 
     def fuse_dropped(self, tokens: torch.Tensor, used: torch.Tensor) -> FusionOutput:
         """Reference path: one subset (bool ``[M]``) for the whole batch, unused tokens dropped
         from the sequence with no mask at all. Used by tests to pin ``fuse``."""
         keep = used[self.token_modality]
-        seq = tokens[:, keep]
-        pad = torch.zeros(seq.shape[:2], dtype=torch.bool, device=seq.device)
-        return self._run(seq, pad)
+        return self._run(tokens[:, keep])
 
-    def _run(self, seq: torch.Tensor, pad: torch.Tensor) -> FusionOutput:
+    def _run(self, seq: torch.Tensor) -> FusionOutput:
+        """Transformer + heads on ``[CLS] + seq`` (every row of ``seq`` is all used tokens)."""
         b = seq.shape[0]
         x = torch.cat([self.cls_token.expand(b, -1, -1), seq], dim=1)
-        mask = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=pad.device), pad], dim=1)
-        if not bool(mask.any()):
-            mask = None
-        for block in self.blocks:
-            x = block(x, src_key_padding_mask=mask)
-        h = self.norm(x[:, 0])
+        for block in self.blocks[:-1]:
+            x = block(x)
+        h = self.norm(self._cls_block(self.blocks[-1], x))
         logits = self.classifier(h)
         z = self.projector(h)
         if self.config.metric == "cosine":
             z = F.normalize(z, dim=-1)
         return FusionOutput(logits, z, h)
+
+    @staticmethod
+    def _cls_block(block: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+        """The last (pre-norm) block, computed for the CLS position only, ``[B, D]``.
+
+        Only the CLS output of the last block is read, so its attention needs just the CLS query
+        (keys and values still come from every token) and its MLP just the CLS row. The same
+        function as ``block(x)[:, 0]``, about 40% of the fusion cost saved at depth 2.
+        """
+        y = block.norm1(x)
+        c = x[:, :1] + block.dropout1(block.self_attn(y[:, :1], y, y, need_weights=False)[0])
+        f = block.linear2(block.dropout(block.activation(block.linear1(block.norm2(c)))))
+        return (c + block.dropout2(f))[:, 0]
 
     def forward(self, data: dict[str, torch.Tensor], used: torch.Tensor) -> FusionOutput:
         return self.fuse(self.encode(data, used), used)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,8 @@ class TrainConfig(Config):
             raise ConfigError("TrainConfig: subsets_per_batch must be >= 1")
         if self.temperature <= 0:
             raise ConfigError("TrainConfig: temperature must be positive")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError(f"TrainConfig: max_train_samples must be >= 1 (or null for all), got {self.max_train_samples}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -139,6 +142,10 @@ def train_backbone(
         for key in ("specs", "backbone", "train"):
             if old.get(key) != config[key]:
                 raise ConfigError(f"--resume: {run}/config.json has a different {key!r} than this command; use a new run folder")
+    if resume and last.exists() and not zipfile.is_zipfile(last):
+        # Checkpoints are written atomically, so this is a damaged or foreign file; torch.load
+        # would fail deep inside Lightning.
+        raise BundleError(f"--resume: {last} is truncated or corrupt (not a torch checkpoint); delete it to start over")
     write_json(run / "config.json", config)
 
     L.seed_everything(train.seed, workers=True, verbose=False)
