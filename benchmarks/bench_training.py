@@ -141,6 +141,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             if i >= args.warmup:
                 times[name].append(dt)
                 losses[name].append(loss)
+        if args.verbose:
+            last = {k: f"{v[-1]:.2f}s" for k, v in times.items() if v and i >= args.warmup}
+            print(f"step {i + 1}/{n_steps} {'(warm-up)' if i < args.warmup else last}", flush=True)
     sps = {k: args.batch_size * len(v) / sum(v) for k, v in times.items()}
     result = {
         "bench": "training_speed",
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
+    p.add_argument("--verbose", action="store_true", help="print each step's times")
     args = p.parse_args(argv)
     result = bench(args)
     name = f"training_speed{'_' + args.tag if args.tag else ''}.json"

@@ -71,7 +71,7 @@ def benchmark_cmd(
     quality_sweep: bool = typer.Option(False, "--quality-sweep", help="Also sweep misaligned / low-fidelity oracle recoveries at random:0.6."),
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
     config: Path | None = typer.Option(None, help=f"JSON with model settings: {', '.join(CONFIG_KEYS)}."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch and BLAS (pass it on a shared machine)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Benchmark methods over missing scenarios and seeds; writes results.csv/.md, plots, ablation,
@@ -84,9 +84,12 @@ def benchmark_cmd(
     from dymo.utils.io import read_json
 
     if threads:
+        import scipy.linalg  # noqa: F401 - load scipy's own BLAS first: only loaded libraries are capped
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(threads)
+        threadpool_limits(limits=threads)  # scikit-learn recoverers (knn, iterative)
     logger = logging.getLogger("dymo")
     if not logger.handlers:
         logger.addHandler(RichHandler(console=console, show_path=False))

@@ -422,7 +422,7 @@ class Models:
                 overrides.update(self.config.recoverers.get(kind, {}))
                 rec = get_recoverer(kind, **overrides)
                 self.log(f"fitting the {kind} recoverer on {len(train)} training samples -> {path}")
-                kwargs = {"run_dir": path / "run"} if "run_dir" in inspect.signature(rec.fit).parameters else {}
+                kwargs = {"run_dir": path} if "run_dir" in inspect.signature(rec.fit).parameters else {}
                 rec.fit(train, progress=self.progress, **kwargs)
                 rec.save(path)
                 self.info[f"recovery {label}"] = f"trained here on {len(train)} samples into {path}"
@@ -750,16 +750,10 @@ def run_benchmark(
         from dymo.data.registry import open_dataset
 
         data = open_dataset(data)
-    scaled = scale_dataset(data, config)
-    models = Models(scaled, config, out / "models", progress, say)
-    _check_scale(out, scaled, config, models)
-
     methods = plan_methods(config.methods, config.metrics)
     sweep_methods = plan_methods(SWEEP_METHODS, config.metrics) if config.quality_sweep else []
     uses = {m: _uses_recovery(m, config) for m in [*methods, *sweep_methods]}
-    rec_labels = list(models.recovery_sources)
-    if any(uses[m] for m in methods) and not rec_labels:
-        raise ConfigError("some methods need recovery; give at least one --recovery")
+    scaled = scale_dataset(data, config)
     test = scaled["test"]
     if not test.observed.all():
         i, j = (int(v) for v in np.argwhere(~test.observed)[0])
@@ -767,6 +761,11 @@ def run_benchmark(
             f"the benchmark simulates missingness on a complete test split, but test sample {i} misses "
             f"modality {test.modalities[j]!r}"
         )
+    models = Models(scaled, config, out / "models", progress, say)
+    rec_labels = list(models.recovery_sources)
+    if any(uses[m] for m in methods) and not rec_labels:
+        raise ConfigError("some methods need recovery; give at least one --recovery")
+    _check_scale(out, scaled, config, models)
     cells = [
         Cell(m, s, seed, r)
         for s in config.missing
@@ -1142,9 +1141,9 @@ def _plot_vs_missing(df: pd.DataFrame, scenarios: list[str], main_order: list[st
     xs, xlabel, ticks = _scenario_x(scenarios)
     import matplotlib
 
-    fig = Figure(figsize=(7.5, 4.5), dpi=110)
-    ax = fig.subplots()
     labels = [*main_order, *upper_order]
+    fig = Figure(figsize=(9.0, max(4.5, 0.2 * len(labels) + 1.0)), dpi=110)
+    ax = fig.subplots()
     if len(labels) > 10:  # the default cycle repeats after 10 colours
         cmap = matplotlib.colormaps["tab20"]
         ax.set_prop_cycle(color=[cmap(i % 20) for i in range(len(labels))])
@@ -1168,8 +1167,8 @@ def _plot_vs_missing(df: pd.DataFrame, scenarios: list[str], main_order: list[st
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    atomic_replace_from(lambda tmp: fig.savefig(tmp, format="png"), path)
+    # "tight" grows the canvas to the legend, which sits outside the axes
+    atomic_replace_from(lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), path)
 
 
 def _quality_sweep(out: Path, sweep: pd.DataFrame, files: dict[str, Path]) -> tuple[list[Table], Path]:
