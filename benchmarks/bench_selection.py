@@ -150,19 +150,27 @@ def dymo_pass(backbone: Any, data: dict[str, torch.Tensor], observed: torch.Tens
     return select_with_backbone(backbone, tokens, observed, ~observed, cal)
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Seconds per repeat of each function; one untimed warm-up each, then ``repeats`` rounds
-    in which the functions run one after another, the order rotated every round, so that load
-    from other processes falls on all of them alike. Returns the times and the first outputs."""
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], warmups: dict[str, Callable[[], Any]], repeats: int, verbose: bool = False
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Seconds per repeat of each function, after one untimed warm-up call each (on a small
+    input); in every round the functions run one after another, the order rotated each round,
+    so that load from other processes falls on all of them alike. Returns the times and the
+    outputs of the first round."""
     names = list(fns)
-    outs = {k: fns[k]() for k in names}
+    for k in names:
+        warmups[k]()
     times: dict[str, list[float]] = {k: [] for k in names}
+    outs: dict[str, Any] = {}
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for k in order:
             t0 = time.perf_counter()
-            fns[k]()
+            out = fns[k]()
             times[k].append(time.perf_counter() - t0)
+            outs.setdefault(k, out)
+            if verbose:
+                print(f"  repeat {r + 1}: {k} {times[k][-1]:.2f}s", flush=True)
     return times, outs
 
 
@@ -223,12 +231,15 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     for eta in args.eta:
         observed = scenario_mask(f"random:{eta}", n, mods, seed=args.seed)
         parts = _batches(data, observed, args.batch_size)
-        fns = {
-            "plain": lambda parts=parts: [plain_pass(backbone, d) for d, _ in parts],
-            "dymo": lambda parts=parts: [dymo_pass(backbone, d, o, cal) for d, o in parts],
-            "reference": lambda parts=parts: [reference_select(backbone, d, o, ~o, cal) for d, o in parts],
+        variants = {
+            "plain": lambda parts: [plain_pass(backbone, d) for d, _ in parts],
+            "dymo": lambda parts: [dymo_pass(backbone, d, o, cal) for d, o in parts],
+            "reference": lambda parts: [reference_select(backbone, d, o, ~o, cal) for d, o in parts],
         }
-        times, outs = time_interleaved(fns, args.repeats)
+        warm = _batches({k: v[:32] for k, v in data.items()}, observed[:32], 32)
+        fns = {k: (lambda f=f, parts=parts: f(parts)) for k, f in variants.items()}
+        warmups = {k: (lambda f=f, warm=warm: f(warm)) for k, f in variants.items()}
+        times, outs = time_interleaved(fns, warmups, args.repeats, args.verbose)
         med = {k: statistics.median(v) for k, v in times.items()}
         used_b = torch.cat([r.used for r in outs["dymo"]])
         used_c = torch.cat([r.used for r in outs["reference"]])
@@ -314,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
+    p.add_argument("--verbose", action="store_true", help="print each timed call")
     args = p.parse_args(argv)
     result = bench(args)
     name = f"selection_speed{'_' + args.tag if args.tag else ''}.json"
