@@ -58,36 +58,3 @@ def test_reference_ics_loop_matches_vectorised(bench):
     loop = bench._ics_per_sample(out.z, out.logits, used, cal)
     vec = ics(out.z, out.logits, masks_to_codes(used), cal.prototypes, cal.sigma, cal.metric)
     assert torch.equal(loop, vec)
-
-
-def test_fuse_equals_plain_transformer_on_used_tokens():
-    """The optimised fusion (length groups, CLS-only last block) computes the straightforward
-    function: every nn.TransformerEncoderLayer on [CLS] + the sample's used tokens, CLS output.
-    (Pins the speed-ups benchmarked in bench_selection.py; belongs with tests/test_backbone.py.)"""
-    import torch.nn.functional as F
-
-    from dymo.data.synthetic import make_synthetic
-    from dymo.models import BackboneConfig, FlexibleBackbone
-    from dymo.utils.subsets import all_subsets
-
-    torch.manual_seed(0)
-    ds = make_synthetic(15, kinds=("image", "vector", "image", "vector"))
-    model = FlexibleBackbone(ds.specs, ds.num_classes, BackboneConfig(dim=16, heads=2, depth=3, proj_dim=4))
-    tokens = model.encode(ds.all().data).detach().requires_grad_()
-    used = all_subsets(4)  # 15 rows, every subset once: 4 different lengths in one call
-    out = model.fuse(tokens, used)
-    for i in range(15):
-        x = torch.cat([model.cls_token[0], tokens[i, used[i][model.token_modality]]]).unsqueeze(0)
-        for block in model.blocks:
-            x = block(x)
-        h = model.norm(x[:, 0])
-        z = F.normalize(model.projector(h), dim=-1)
-        torch.testing.assert_close(out.h[i : i + 1], h, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out.logits[i : i + 1], model.classifier(h), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out.z[i : i + 1], z, atol=1e-5, rtol=1e-5)
-    # A row's output depends on its own used tokens only.
-    out.logits[12].sum().backward()
-    touched = tokens.grad.abs().sum(-1) > 0  # [rows, tokens]
-    expected = torch.zeros_like(touched)
-    expected[12] = used[12][model.token_modality]
-    assert torch.equal(touched, expected)
