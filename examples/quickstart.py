@@ -1,4 +1,3 @@
-import torch
 from dymo.data.synthetic import make_synthetic_splits
 from dymo.evaluation.pipeline import scenario_mask
 from dymo.inference import DyMoClassifier
