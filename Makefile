@@ -31,7 +31,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) runs data_cache reports
