@@ -12,7 +12,7 @@ from dymo.cli.common import console, friendly_errors
 from dymo.cli.main import app, train_app
 from dymo.errors import ConfigError
 
-TRAINABLE = ("retrieval", "mean", "knn", "iterative", "mopoe")
+TRAINABLE = ("retrieval", "mean", "knn", "iterative", "mopoe", "mmvae-plus", "cmvae")
 CLASSIFIER_DIR = "coherence_classifier"
 
 
@@ -39,7 +39,7 @@ def train_recovery_cmd(
     epochs: int | None = typer.Option(None, help="Training epochs (neural recoverers)."),
     seed: int | None = typer.Option(None, help="Random seed (recoverers that have one)."),
     set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE (JSON value), repeatable."),
-    device: str = typer.Option("cpu", help="Torch device for neural recoverers that support it (mopoe)."),
+    device: str = typer.Option("cpu", help="Torch device for neural recoverers that support it (mopoe, mmvae-plus, cmvae)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch and BLAS (threadpoolctl)."),
     max_train_samples: int | None = typer.Option(None, help="Use only the first N training samples."),
     progress: bool = typer.Option(True, help="Show progress bars."),

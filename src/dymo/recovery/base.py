@@ -297,6 +297,16 @@ def read_recoverer_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def require_complete(train: MultimodalDataset, who: str, why: str) -> None:
+    """``DataError`` naming the first missing entry unless every training sample is complete."""
+    if not train.observed.all():
+        r, c = (int(v[0]) for v in np.nonzero(~train.observed))
+        raise DataError(
+            f"{who}: training set {train.name or '(unnamed)'}: sample {r} misses modality "
+            f"{train.modalities[c]!r}; {why}"
+        )
+
+
 def require_weights(tensors: Mapping[str, torch.Tensor], keys: Sequence[str], path: Path) -> None:
     """Raise :class:`BundleError` naming the file if a weight is absent."""
     absent = [k for k in keys if k not in tensors]

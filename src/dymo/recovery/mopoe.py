@@ -56,6 +56,7 @@ from dymo.recovery.base import (
     Recoverer,
     RecovererConfig,
     merge_recovered,
+    require_complete,
     require_weights,
     sanitize_missing,
 )
@@ -416,12 +417,7 @@ class MoPoERecoverer(Recoverer):
 
     def _fit(self, train: MultimodalDataset, progress: bool) -> None:
         cfg = self.config
-        if not train.observed.all():
-            r, c = (int(v[0]) for v in np.nonzero(~train.observed))
-            raise DataError(
-                f"mopoe: training set {train.name or '(unnamed)'}: sample {r} misses modality "
-                f"{train.modalities[c]!r}; MoPoE trains on complete samples"
-            )
+        require_complete(train, "mopoe", "MoPoE trains on complete samples")
         model = self._build_model()
         for name, scaler in model.scalers.items():
             scaler.set(train.arrays[name])  # type: ignore[operator]

@@ -21,6 +21,9 @@ RECOVERERS: dict[str, str] = {
     "knn": "dymo.recovery.imputers:KNNImputerRecoverer",
     "iterative": "dymo.recovery.imputers:IterativeImputerRecoverer",
     "mopoe": "dymo.recovery.mopoe:MoPoERecoverer",
+    # optional extra dymo[multivae]; the module imports multivae only when a recoverer is built
+    "mmvae-plus": "dymo.recovery.multivae:MMVAEPlusRecoverer",
+    "cmvae": "dymo.recovery.multivae:CMVAERecoverer",
     "oracle": "dymo.recovery.oracle:OracleRecoverer",
     "controlled_quality": "dymo.recovery.quality:ControlledQualityRecoverer",
     "shuffled": "dymo.recovery.quality:ShuffledRecoverer",
