@@ -315,3 +315,19 @@ def test_dataset_resave_interrupted_midway_reads_as_not_built(tmp_path, monkeypa
         _ns["dataset"](1).save(root)  # same shapes: a stale meta.json would load a silent mix
     with pytest.raises(DataError, match="no meta.json"):
         SplitDataset.load(root)
+
+
+def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path) -> None:
+    """mkstemp creates 0o600 files; what we rename into place must have open()'s mode."""
+    import stat
+
+    from dymo.utils.io import save_tensors, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        save_tensors(tmp_path / "w.safetensors", {"t": torch.zeros(2)})
+        for name in ("a.json", "w.safetensors"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    finally:
+        os.umask(old)

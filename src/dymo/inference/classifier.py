@@ -38,7 +38,7 @@ from dymo.selection.selector import (
     SelectionResult,
     select_with_backbone,
 )
-from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
+from dymo.utils.io import default_dir_mode, load_tensors, read_json, save_tensors, write_json
 
 BUNDLE_FORMAT = 1
 
@@ -137,6 +137,7 @@ class DyMoClassifier:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        os.chmod(tmp, default_dir_mode())  # mkdtemp makes it 0o700
         try:
             save_tensors(tmp / "backbone.safetensors", self.backbone.state_dict(), metadata={"dymo_version": dymo.__version__})
             self.calibration.save(tmp / "calibration.safetensors")
