@@ -79,3 +79,26 @@ def test_run_folder_contents(tmp_path):
 
     m = json.loads((run / "metrics.json").read_text())
     assert 0 <= m["test"]["all_modalities"] <= 1 and set(m["test"]["single"]) == {"i0", "i1", "v2"}
+
+
+def test_resume_with_more_epochs_extends_the_run(tmp_path):
+    from dymo.data.synthetic import make_synthetic_splits
+    from dymo.errors import ConfigError
+    from dymo.models import BackboneConfig
+    from dymo.training import TrainConfig, train_backbone
+
+    data = make_synthetic_splits(64, 32, 32)
+    cfg = BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8, encoder_options={"image_channels": [4, 8, 16]})
+    run = tmp_path / "run"
+    train_backbone(data, run, cfg, TrainConfig(epochs=1, batch_size=32, patience=10), progress=False, evaluate_test=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 0
+    train_backbone(data, run, cfg, TrainConfig(epochs=2, batch_size=32, patience=10), progress=False, resume=True, evaluate_test=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4  # one more epoch of 2 steps, not a restart
+    first, second = (run / "logs" / "metrics.csv").read_text(), (run / "logs" / "resume-1" / "metrics.csv").read_text()
+    assert "\n0," in first and "\n1," in second  # the first part's log is kept, the extension logs beside it
+    with pytest.raises(ConfigError, match="different 'train'"):  # fewer epochs is not an extension
+        train_backbone(data, run, cfg, TrainConfig(epochs=1, batch_size=32, patience=10), progress=False, resume=True)
+    with pytest.raises(ConfigError, match="different 'train'"):  # anything else must match
+        train_backbone(data, run, cfg, TrainConfig(epochs=3, batch_size=32, lr=0.01, patience=10), progress=False, resume=True)

@@ -140,7 +140,11 @@ def train_backbone(
     if resume and (run / "config.json").exists():
         old = read_json(run / "config.json")
         for key in ("specs", "backbone", "train"):
-            if old.get(key) != config[key]:
+            before, now = old.get(key), config[key]
+            if key == "train" and isinstance(before, dict) and before.get("epochs", 0) <= now["epochs"]:
+                # A larger --epochs extends a run (no schedule depends on it); nothing else may change.
+                before, now = {**before, "epochs": 0}, {**now, "epochs": 0}
+            if before != now:
                 raise ConfigError(f"--resume: {run}/config.json has a different {key!r} than this command; use a new run folder")
     if resume and last.exists() and not zipfile.is_zipfile(last):
         # Checkpoints are written atomically, so this is a damaged or foreign file; torch.load
@@ -156,7 +160,12 @@ def train_backbone(
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1, enable_version_counter=False)
     # Saved at the end of every epoch (save_last only follows top-k saves): what --resume reads.
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
-    loggers: list[Any] = [CSVLogger(run, name="logs", version="")]
+    # Lightning's CSV logger overwrites an existing metrics.csv: a resumed run logs beside it
+    # (logs/resume-1/metrics.csv, ...) so the first part's log is kept.
+    version = ""
+    if resume and (run / "logs" / "metrics.csv").exists():
+        version = next(f"resume-{k}" for k in range(1, 10_000) if not (run / "logs" / f"resume-{k}").exists())
+    loggers: list[Any] = [CSVLogger(run, name="logs", version=version)]
     if tensorboard:
         from lightning.pytorch.loggers import TensorBoardLogger
 
