@@ -302,7 +302,7 @@ def test_dataset_resave_interrupted_midway_reads_as_not_built(tmp_path, monkeypa
     a = _ns["dataset"](0)
     root = a.save(tmp_path / "ds")
     calls = {"n": 0}
-    real = dataset_mod._save_npy
+    real = dataset_mod.save_npy
 
     def dies_after_two(path, array):
         calls["n"] += 1
@@ -310,7 +310,7 @@ def test_dataset_resave_interrupted_midway_reads_as_not_built(tmp_path, monkeypa
             raise KeyboardInterrupt
         real(path, array)
 
-    monkeypatch.setattr(dataset_mod, "_save_npy", dies_after_two)
+    monkeypatch.setattr(dataset_mod, "save_npy", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         _ns["dataset"](1).save(root)  # same shapes: a stale meta.json would load a silent mix
     with pytest.raises(DataError, match="no meta.json"):

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from dymo.data.batch import MultimodalBatch
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import DataError
-from dymo.utils.io import atomic_replace_from, read_json, write_json
+from dymo.utils.io import read_json, save_npy, write_json
 
 FORMAT_VERSION = 1
 
@@ -181,8 +181,8 @@ class SplitDataset:
         for split, ds in self.splits.items():
             (root / split).mkdir(exist_ok=True)
             for s in self.specs:
-                _save_npy(root / split / f"{s.name}.npy", np.asarray(ds.arrays[s.name]))
-            _save_npy(root / split / "labels.npy", ds.labels.astype(np.int64))
+                save_npy(root / split / f"{s.name}.npy", np.asarray(ds.arrays[s.name]))
+            save_npy(root / split / "labels.npy", ds.labels.astype(np.int64))
         # meta.json last: its presence marks a complete build.
         meta = {
             "format": FORMAT_VERSION,
@@ -217,14 +217,6 @@ class SplitDataset:
                 raise DataError(f"{root / split / 'labels.npy'}: {len(labels)} rows, meta.json says {n}")
             splits[split] = MultimodalDataset(specs, arrays, labels, meta["class_names"], name=f"{meta['name']}/{split}")
         return cls(meta["name"], specs, list(meta["class_names"]), splits, meta.get("build"))
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    atomic_replace_from(write, path)
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:

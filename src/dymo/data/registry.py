@@ -19,7 +19,7 @@ import numpy as np
 from dymo.config import Config
 from dymo.data.celeba import BUILDER_VERSION as CELEBA_VERSION
 from dymo.data.celeba import CelebAConfig, read_celeba
-from dymo.data.dataset import SplitDataset, _save_npy
+from dymo.data.dataset import SplitDataset
 from dymo.data.image_table import BUILDER_VERSION as IMAGE_TABLE_VERSION
 from dymo.data.image_table import (
     MFEAT_IMAGE_TABLE_VERSION,
@@ -36,7 +36,7 @@ from dymo.data.mst import MSTConfig, read_mst
 from dymo.data.polymnist import BUILDER_VERSION as POLYMNIST_VERSION
 from dymo.data.polymnist import PolyMNISTConfig, build_polymnist, read_polymnist_folder
 from dymo.errors import ConfigError, DataError
-from dymo.utils.io import read_json
+from dymo.utils.io import read_json, save_npy
 
 ENV_VAR = "DYMO_DATA"
 DEFAULT_ROOT = "data"
@@ -254,10 +254,9 @@ def build_dataset(
         if meta.exists():
             meta.unlink()  # the folder is incomplete until the new meta.json lands
         for rel, array in result.extras.items():
-            _save_npy(out / rel, array)
+            save_npy(out / rel, array)
         ds.save(out)
     return ds
-
 
 
 def _is_polymnist_folder(path: Path) -> bool:

@@ -8,6 +8,7 @@ killed writer leaves the old file or the new one, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -15,11 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 
+@functools.cache
 def _umask() -> int:
+    """The process umask, read once: reading it means setting it, and flipping it on every write
+    would race with files other threads create meanwhile."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -81,6 +86,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` through :func:`atomic_replace_from`."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    atomic_replace_from(write, path)
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
