@@ -1020,7 +1020,7 @@ def write_reports(
     files["accuracy_vs_missing.png"] = fig_path
 
     ablation = _ablation_tables(df, methods, scenarios, multi_rec)
-    _write_md(out / "ablation.md", f"Ablation: {data.name}", ["DyMo's ablation (METHOD.md): fuse all recovered, add all positive-reward at once, "
+    _write_md(out / "ablation.md", f"Ablation: {data.name}", ["DyMo's ablation (docs/method.md §6): fuse all recovered, add all positive-reward at once, "
               "iterative without ICS, iterative with ICS (dymo). discard (no recovery) for reference.", SEEDS_NOTE], ablation)
     files["ablation.md"] = out / "ablation.md"
 

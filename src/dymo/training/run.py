@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig(Config):
-    """Training budget and loss settings (METHOD.md, Pipeline item 3)."""
+    """Training budget and loss settings (docs/method.md §3)."""
 
     epochs: int = 4
     batch_size: int = 256
