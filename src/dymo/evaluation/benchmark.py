@@ -54,17 +54,16 @@ from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.data.scenarios import parse_scenario
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.evaluation.pipeline import MethodMetrics, _dummy_calibration, hide_missing, scenario_mask
+from dymo.evaluation.metrics import MethodMetrics, method_metrics
+from dymo.evaluation.pipeline import hide_missing, scenario_mask
 from dymo.recovery.base import Recoverer
 from dymo.selection.calibration import Calibration
-from dymo.selection.selector import METHODS, SelectionConfig, select_with_backbone
+from dymo.selection.selector import METHODS, SEARCHING, SelectionConfig, select_with_backbone
 from dymo.utils.io import atomic_replace_from, atomic_write, read_json, write_json
 
 log = logging.getLogger("dymo.benchmark")
 
 METRIC_NAMES = ("cosine", "euclidean")
-#: DyMo's selection methods that need calibration statistics.
-SEARCHING = ("dymo", "iterative", "simultaneous")
 #: The ablation of the paper, in its order.
 ABLATION = ("fuse-all", "simultaneous", "iterative", "dymo")
 #: EXPERIMENT-ONLY upper bounds: they read the true missing data or the labels.
@@ -581,7 +580,7 @@ def _evaluate_group(
         if on_batch is not None:
             on_batch(len(idx))
     labels = torch.cat(labels_all)
-    return {c.key: _finish(c, acc[c.key], labels, obs_all, mods, rec_seconds[c.recoverer], models.data.num_classes) for c in cells}
+    return {c.key: _finish(c, acc[c.key], labels, obs_all, mods, rec_seconds[c.recoverer]) for c in cells}
 
 
 def _evaluate_batch(
@@ -607,7 +606,7 @@ def _evaluate_batch(
         candidates = ~hidden.observed if rec is not None else torch.zeros_like(hidden.observed)
         for c in (c for c in selection if c.method.metric == metric):
             t1 = time.perf_counter()
-            cal = models.calibration(metric) if c.method.base in SEARCHING else _dummy_calibration(net)
+            cal = models.calibration(metric) if c.method.base in SEARCHING else None
             cand = candidates if c.method.base != "discard" else torch.zeros_like(candidates)
             res = select_with_backbone(net, tokens, hidden.observed, cand, cal, SelectionConfig(method=c.method.base))  # type: ignore[arg-type]
             a = acc[c.key]
@@ -637,52 +636,18 @@ def _evaluate_batch(
 
 
 def _finish(
-    cell: Cell, a: _Accum, labels: torch.Tensor, obs_all: torch.Tensor, mods: Sequence[str], rec_s: float, num_classes: int
+    cell: Cell, a: _Accum, labels: torch.Tensor, obs_all: torch.Tensor, mods: Sequence[str], rec_s: float
 ) -> MethodMetrics:
-    probs = torch.cat(a.probs)
-    pred = probs.argmax(1)
-    correct = (pred == labels).float()
-    n_obs = obs_all.sum(1)
-    cand = ~obs_all
     selection = cell.method.kind == "selection"
     steps = torch.cat(a.steps) if selection else torch.zeros(len(labels), dtype=torch.long)
-    added = torch.cat(a.added) if selection else torch.zeros_like(obs_all)
-    offered = int(cand.sum()) if selection and cell.method.base != "discard" else 0
     hist = torch.bincount(steps, minlength=1).float() / len(steps)
-    return MethodMetrics(
-        method=cell.method.name,
-        scenario=cell.scenario,
-        seed=cell.seed,
-        n=len(labels),
-        accuracy=float(correct.mean()),
-        auc=_auc(probs, labels, num_classes),
-        avg_steps=float(steps.float().mean()),
-        acceptance_rate=(float(added.sum()) / offered) if offered else None,
-        acceptance_per_modality={
-            name: (float(added[:, i].sum() / cand[:, i].sum()) if offered and cand[:, i].any() else None)
-            for i, name in enumerate(mods)
-        },
-        accuracy_by_num_observed={int(k): float(correct[n_obs == k].mean()) for k in torch.unique(n_obs).tolist()},
-        missing_rate=float(cand.float().mean()),
-        seconds=round(a.seconds + (rec_s if cell.recoverer != NO_RECOVERY else 0.0), 3),
+    return method_metrics(
+        cell.method.name, cell.scenario, cell.seed, probs=torch.cat(a.probs), labels=labels, observed=obs_all,
+        candidates=~obs_all, offers_recovery=selection and cell.method.base != "discard",
+        steps=steps, added=torch.cat(a.added) if selection else None, modalities=mods,
+        seconds=a.seconds + (rec_s if cell.recoverer != NO_RECOVERY else 0.0),
         extra={"recoverer": cell.recoverer, "steps_hist": [round(float(v), 6) for v in hist]},
     )
-
-
-def _auc(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float | None:
-    """Binary AUROC, or macro one-vs-rest AUROC when every class occurs in ``labels``."""
-    present = torch.unique(labels)
-    if len(present) < 2:
-        return None
-    if num_classes == 2:
-        from torchmetrics.functional.classification import binary_auroc
-
-        return float(binary_auroc(probs[:, 1], labels))
-    if len(present) < num_classes:
-        return None
-    from torchmetrics.functional.classification import multiclass_auroc
-
-    return float(multiclass_auroc(probs, labels, num_classes=num_classes, average="macro"))
 
 
 # -- cells on disk -------------------------------------------------------------------------------

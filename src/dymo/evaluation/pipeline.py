@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,33 +19,18 @@ from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.scenarios import parse_scenario
 from dymo.errors import ConfigError
+from dymo.evaluation.metrics import MethodMetrics, method_metrics
 from dymo.models.backbone import FlexibleBackbone
 from dymo.selection.calibration import Calibration
-from dymo.selection.selector import METHODS, SelectionConfig, SelectionResult, select_with_backbone
+from dymo.selection.selector import (
+    METHODS,
+    SEARCHING,
+    SelectionConfig,
+    SelectionResult,
+    select_with_backbone,
+)
 
 NEEDS_RECOVERY = {"dymo", "iterative", "simultaneous", "fuse-all"}
-
-
-@dataclass
-class MethodMetrics:
-    method: str
-    scenario: str
-    seed: int
-    n: int
-    accuracy: float
-    auc: float | None
-    avg_steps: float
-    acceptance_rate: float | None  # recovered modalities used / recovered modalities offered
-    acceptance_per_modality: dict[str, float | None]
-    accuracy_by_num_observed: dict[int, float]
-    missing_rate: float
-    seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["accuracy_by_num_observed"] = {str(k): v for k, v in self.accuracy_by_num_observed.items()}
-        return d
 
 
 def scenario_mask(scenario: str, n: int, modalities: Sequence[str], seed: int) -> torch.Tensor:
@@ -92,10 +76,8 @@ def evaluate_methods(
         raise ConfigError(f"unknown selection method(s) {unknown}; known: {list(METHODS)}")
     if any(m in NEEDS_RECOVERY for m in methods) and recoverer is None:
         raise ConfigError(f"methods {[m for m in methods if m in NEEDS_RECOVERY]} need a recoverer")
-    if calibration is None:
-        calibration = _dummy_calibration(backbone)
-        if any(m in {"dymo", "iterative", "simultaneous"} for m in methods):
-            raise ConfigError("dymo/iterative/simultaneous need calibration statistics: run `dymo calibrate RUN` first")
+    if calibration is None and any(m in SEARCHING for m in methods):
+        raise ConfigError("dymo/iterative/simultaneous need calibration statistics: run `dymo calibrate RUN` first")
     backbone.eval()
     device = next(backbone.parameters()).device
     n = len(dataset)
@@ -160,32 +142,16 @@ def evaluate_methods(
                     results[m].append(res)
             bar.advance(task, len(idx))
     labels = torch.cat(labels_all)
-    n_obs = obs_all.sum(1)
     cand_all = torch.cat(cand_rows)
-    out: dict[str, MethodMetrics] = {}
-    for m in methods:
-        p = torch.cat(preds[m])
-        pr = torch.cat(probs[m])
-        correct = (p == labels).float()
-        add = torch.cat(added[m])
-        offered = int(cand_all.sum()) if m in NEEDS_RECOVERY else 0
-        out[m] = MethodMetrics(
-            method=m,
-            scenario=scenario,
-            seed=seed,
-            n=n,
-            accuracy=float(correct.mean()),
-            auc=_auc(pr, labels),
-            avg_steps=float(torch.cat(steps[m]).float().mean()),
-            acceptance_rate=(float(add.sum()) / offered) if offered else None,
-            acceptance_per_modality={
-                name: (float(add[:, i].sum() / cand_all[:, i].sum()) if m in NEEDS_RECOVERY and cand_all[:, i].any() else None)
-                for i, name in enumerate(mods)
-            },
-            accuracy_by_num_observed={int(k): float(correct[n_obs == k].mean()) for k in torch.unique(n_obs).tolist()},
-            missing_rate=float(cand_all.float().mean()),
-            seconds=round(timings[m] + shared_seconds, 3),
+    out = {
+        m: method_metrics(
+            m, scenario, seed, probs=torch.cat(probs[m]), predictions=torch.cat(preds[m]), labels=labels,
+            observed=obs_all, candidates=cand_all, offers_recovery=m in NEEDS_RECOVERY,
+            steps=torch.cat(steps[m]), added=torch.cat(added[m]), modalities=mods,
+            seconds=timings[m] + shared_seconds,
         )
+        for m in methods
+    }
     if keep_results:
         return out, results
     return out
@@ -199,20 +165,3 @@ def _partial_rows(batch: MultimodalBatch) -> torch.Tensor:
         if x.is_floating_point() and x.ndim == 2:
             out[:, i] = batch.observed[:, i] & torch.isnan(x).any(1)
     return out
-
-
-def _auc(probs: torch.Tensor, labels: torch.Tensor) -> float | None:
-    if probs.shape[1] != 2 or len(torch.unique(labels)) < 2:
-        return None
-    from torchmetrics.functional.classification import binary_auroc
-
-    return float(binary_auroc(probs[:, 1], labels))
-
-
-def _dummy_calibration(backbone: FlexibleBackbone) -> Calibration:
-    """Placeholder statistics for the search-free methods (discard, fuse-all), which never read them."""
-    m, c, p = backbone.num_modalities, backbone.num_classes, backbone.config.proj_dim
-    return Calibration(
-        metric=backbone.config.metric, temperature=0.1, prototypes=torch.zeros(2**m, c, p),
-        sigma=torch.ones(2**m, c), overall=torch.zeros(c, p), num_modalities=m, modalities=backbone.modalities,
-    )
