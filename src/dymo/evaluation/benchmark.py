@@ -14,8 +14,9 @@ recoverer) and writes the reports (see ``docs/benchmark.md``):
   (:class:`~dymo.recovery.quality.ShuffledRecoverer`): label-aware cherry-picking alone gains
   something, so only the gap between the two is what the recoveries carry.
 
-Sharing: per batch the scenario mask is applied once, each recoverer runs once, each backbone
-encodes once, and every method reads those (baselines get ``recovered=``). Methods that do not
+Sharing: the batch loop is the evaluation engine (:mod:`dymo.evaluation.engine`, the one
+``dymo evaluate`` uses): per batch the scenario mask is applied once, each recoverer runs once,
+each backbone encodes once, and every method reads those (baselines get ``recovered=``). Methods that do not
 use recovery are recorded once with recoverer ``none``.
 
 Resumability: a finished cell is one JSON file in ``out/cells/`` (written atomically), and a
@@ -35,9 +36,8 @@ The code: :mod:`~dymo.evaluation.benchmark_plan` (config, methods, cells),
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +73,18 @@ from dymo.evaluation.benchmark_store import (
     read_cell,
     write_cell,
 )
+from dymo.evaluation.engine import (
+    BaselineMethod,
+    BatchContext,
+    EngineResult,
+    EvalMethod,
+    SelectionMethod,
+    run_methods,
+)
 from dymo.evaluation.metrics import MethodMetrics, method_metrics
-from dymo.evaluation.pipeline import hide_missing, scenario_mask
+from dymo.evaluation.pipeline import scenario_mask
 from dymo.recovery.base import Recoverer
-from dymo.selection.selector import SEARCHING, SelectionConfig, select_with_backbone
+from dymo.selection.selector import SEARCHING, SelectionConfig
 from dymo.utils.io import read_json, write_json
 
 log = logging.getLogger("dymo.benchmark")
@@ -113,14 +121,6 @@ class _Replay(Recoverer):
 # -- evaluation of one (scenario, seed) group ---------------------------------------------------
 
 
-@dataclass
-class _Accum:
-    probs: list[torch.Tensor] = field(default_factory=list)
-    steps: list[torch.Tensor] = field(default_factory=list)
-    added: list[torch.Tensor] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def _evaluate_group(
     scenario: str,
     seed: int,
@@ -130,108 +130,70 @@ def _evaluate_group(
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[tuple, MethodMetrics]:
-    """Evaluate ``cells`` (all of this scenario and seed) in one pass over the test set."""
-    from dymo.recovery.quality import ShuffledRecoverer
-
-    n, mods = len(test), test.modalities
-    obs_all = scenario_mask(scenario, n, mods, seed)
+    """Evaluate ``cells`` (all of this scenario and seed) in one pass of the engine over the
+    test set: per recoverer its cells, selection methods (per backbone) before baselines."""
+    obs_all = scenario_mask(scenario, len(test), test.modalities, seed)
     by_rec: dict[str, list[Cell]] = {}
     for c in cells:
         by_rec.setdefault(c.recoverer, []).append(c)
     recs: dict[str, Recoverer] = {}
-    shufflers: dict[str, tuple[_Replay, Recoverer]] = {}
+    methods: list[EvalMethod] = []
     for label, group in by_rec.items():
-        if label == NO_RECOVERY:
-            continue
-        recs[label] = models.sweep_recoverer(label, seed) if label.startswith("oracle[") else models.recoverer(label)
-        if any(c.method.name == "oracle-selection-shuffled" for c in group):
-            replay = _Replay(test)
-            shufflers[label] = (replay, ShuffledRecoverer(replay, seed=seed).fit(test, progress=False))
-    acc = {c.key: _Accum() for c in cells}
-    rec_seconds = dict.fromkeys(by_rec, 0.0)
-    labels_all = []
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(start + batch_size, n))
-        full = test.batch(idx).with_observed(obs_all[idx])
-        hidden = hide_missing(full)
-        labels_all.append(full.labels)
-        for label, group in by_rec.items():
-            rec = None
-            if label != NO_RECOVERY:
-                t0 = time.perf_counter()
-                r = recs[label]
-                rec = r.recover(full if r.reads_missing else hidden)
-                rec_seconds[label] += time.perf_counter() - t0
-            _evaluate_batch(group, models, full, hidden, rec, shufflers.get(label), acc)
-        if on_batch is not None:
-            on_batch(len(idx))
-    labels = torch.cat(labels_all)
-    return {c.key: _finish(c, acc[c.key], labels, obs_all, mods, rec_seconds[c.recoverer]) for c in cells}
+        recovery = None if label == NO_RECOVERY else label
+        if recovery is not None:
+            recs[label] = models.sweep_recoverer(label, seed) if label.startswith("oracle[") else models.recoverer(label)
+        selection = [c for c in group if c.method.kind == "selection"]
+        for metric in dict.fromkeys(c.method.metric for c in selection):
+            net = models.backbone(metric)
+            for c in (c for c in selection if c.method.metric == metric):
+                cal = models.calibration(metric) if c.method.base in SEARCHING else None
+                methods.append(SelectionMethod(c.key, net, cal, SelectionConfig(method=c.method.base), recovery))  # type: ignore[arg-type]
+        shuffled = None
+        for c in group:
+            if c.method.kind == "selection":
+                continue
+            if c.method.name == "oracle-selection-shuffled" and shuffled is None:
+                shuffled = _shuffled_recovery(label, test, seed)
+            methods.append(
+                BaselineMethod(
+                    c.key, models.baseline(c.method.base), recovery,
+                    reads_true_data=c.method.base == "oracle-complete",
+                    recovered_fn=shuffled if c.method.name == "oracle-selection-shuffled" else None,
+                )
+            )
+    ran = run_methods(test, obs_all, methods, recs, batch_size, on_batch=on_batch)
+    return {c.key: _finish(c, ran, test.modalities) for c in cells}
 
 
-def _evaluate_batch(
-    cells: list[Cell],
-    models: Models,
-    full: MultimodalBatch,
-    hidden: MultimodalBatch,
-    rec: MultimodalBatch | None,
-    shuffler: tuple[_Replay, Recoverer] | None,
-    acc: dict[tuple, _Accum],
-) -> None:
-    selection = [c for c in cells if c.method.kind == "selection"]
-    for metric in dict.fromkeys(c.method.metric for c in selection):
-        net = models.backbone(metric)
-        device = next(net.parameters()).device
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            if rec is None:
-                tokens = net.encode(hidden.to(device).data, hidden.observed.to(device))
-            else:
-                tokens = net.encode(rec.to(device).data, torch.ones_like(hidden.observed).to(device))
-        encode_s = time.perf_counter() - t0
-        candidates = ~hidden.observed if rec is not None else torch.zeros_like(hidden.observed)
-        for c in (c for c in selection if c.method.metric == metric):
-            t1 = time.perf_counter()
-            cal = models.calibration(metric) if c.method.base in SEARCHING else None
-            cand = candidates if c.method.base != "discard" else torch.zeros_like(candidates)
-            res = select_with_backbone(net, tokens, hidden.observed, cand, cal, SelectionConfig(method=c.method.base))  # type: ignore[arg-type]
-            a = acc[c.key]
-            a.seconds += time.perf_counter() - t1 + encode_s
-            a.probs.append(res.probabilities.float().cpu())
-            a.steps.append(res.steps.cpu())
-            a.added.append(res.added.cpu())
-    shuffled = None
-    for c in cells:
-        if c.method.kind == "selection":
-            continue
-        b = models.baseline(c.method.base)
-        t1 = time.perf_counter()
-        if c.method.base == "oracle-complete":
-            probs = b.predict_proba(full)
-        elif c.method.name == "oracle-selection-shuffled":
-            assert shuffler is not None and rec is not None
-            if shuffled is None:
-                shuffler[0].current = rec
-                shuffled = shuffler[1].recover(hidden)
-            probs = b.predict_proba(hidden, recovered=shuffled)
-        else:
-            probs = b.predict_proba(hidden, recovered=rec if b.uses_recovery else None)
-        a = acc[c.key]
-        a.seconds += time.perf_counter() - t1
-        a.probs.append(probs.float())
+def _shuffled_recovery(label: str, test: MultimodalDataset, seed: int) -> Callable[[BatchContext], MultimodalBatch]:
+    """The batch's recovery by ``label``, each sample's taken from another sample (computed
+    once per batch, without running the recoverer again)."""
+    from dymo.recovery.quality import ShuffledRecoverer
+
+    replay = _Replay(test)
+    shuffler = ShuffledRecoverer(replay, seed=seed).fit(test, progress=False)
+
+    def recovered(ctx: BatchContext) -> MultimodalBatch:
+        key = ("shuffled", label)
+        if key not in ctx.cache:
+            replay.current = ctx.recovered[label]
+            ctx.cache[key] = shuffler.recover(ctx.hidden)
+        return ctx.cache[key]
+
+    return recovered
 
 
-def _finish(
-    cell: Cell, a: _Accum, labels: torch.Tensor, obs_all: torch.Tensor, mods: Sequence[str], rec_s: float
-) -> MethodMetrics:
+def _finish(cell: Cell, ran: EngineResult, mods: Sequence[str]) -> MethodMetrics:
+    r = ran.runs[cell.key]
     selection = cell.method.kind == "selection"
-    steps = torch.cat(a.steps) if selection else torch.zeros(len(labels), dtype=torch.long)
+    steps = r.steps if r.steps is not None else torch.zeros(len(ran.labels), dtype=torch.long)
     hist = torch.bincount(steps, minlength=1).float() / len(steps)
+    rec_s = ran.recovery_seconds.get(cell.recoverer, 0.0) if cell.recoverer != NO_RECOVERY else 0.0
     return method_metrics(
-        cell.method.name, cell.scenario, cell.seed, probs=torch.cat(a.probs), labels=labels, observed=obs_all,
-        candidates=~obs_all, offers_recovery=selection and cell.method.base != "discard",
-        steps=steps, added=torch.cat(a.added) if selection else None, modalities=mods,
-        seconds=a.seconds + (rec_s if cell.recoverer != NO_RECOVERY else 0.0),
+        cell.method.name, cell.scenario, cell.seed, probs=r.probs, labels=ran.labels, observed=ran.observed,
+        candidates=ran.candidates, offers_recovery=selection and cell.method.base != "discard",
+        steps=steps, added=r.added if selection else None, modalities=mods,
+        seconds=r.seconds + r.shared_seconds + rec_s,
         extra={"recoverer": cell.recoverer, "steps_hist": [round(float(v), 6) for v in hist]},
     )
 

@@ -1,17 +1,16 @@
 """Evaluate DyMo and its variants on a test set under a missing-modality scenario.
 
-Per batch: the scenario hides modalities (their slots become NaN, so nothing can read them by
-accident), the recoverer fills them once, the encoders run once on observed + recovered data,
-and every requested selection method reuses those tokens. Labels are used only to score.
+The batch loop is the shared engine (:mod:`dymo.evaluation.engine`): per batch the scenario
+hides modalities (their slots become NaN, so nothing can read them by accident), the recoverer
+fills them once, the encoders run once on observed + recovered data, and every requested
+selection method reuses those tokens. Labels are used only to score.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from rich.progress import Progress
 
@@ -19,6 +18,7 @@ from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.scenarios import parse_scenario
 from dymo.errors import ConfigError
+from dymo.evaluation.engine import SelectionMethod, run_methods
 from dymo.evaluation.metrics import MethodMetrics, method_metrics
 from dymo.models.backbone import FlexibleBackbone
 from dymo.selection.calibration import Calibration
@@ -27,7 +27,6 @@ from dymo.selection.selector import (
     SEARCHING,
     SelectionConfig,
     SelectionResult,
-    select_with_backbone,
 )
 
 NEEDS_RECOVERY = {"dymo", "iterative", "simultaneous", "fuse-all"}
@@ -36,11 +35,6 @@ NEEDS_RECOVERY = {"dymo", "iterative", "simultaneous", "fuse-all"}
 def scenario_mask(scenario: str, n: int, modalities: Sequence[str], seed: int) -> torch.Tensor:
     """The observed mask (True = available) a scenario string gives for ``n`` samples."""
     return torch.from_numpy(parse_scenario(scenario).sample(n, len(modalities), seed=seed, names=list(modalities)))
-
-
-def hide_missing(batch: MultimodalBatch) -> MultimodalBatch:
-    """NaN (text: -1) in every missing slot, so that no component can read it unnoticed."""
-    return batch.with_missing_filled()
 
 
 @torch.no_grad()
@@ -79,7 +73,6 @@ def evaluate_methods(
     if calibration is None and any(m in SEARCHING for m in methods):
         raise ConfigError("dymo/iterative/simultaneous need calibration statistics: run `dymo calibrate RUN` first")
     backbone.eval()
-    device = next(backbone.parameters()).device
     n = len(dataset)
     mods = dataset.modalities
     obs_all = observed.bool() if observed is not None else scenario_mask(scenario, n, mods, seed)
@@ -92,66 +85,30 @@ def evaluate_methods(
         if recoverer is None:
             raise ConfigError("value missingness needs a recoverer to fill the missing table entries")
     need_rec = any(m in NEEDS_RECOVERY for m in methods) or value_missing is not None
-    configs = {m: SelectionConfig.from_dict({**(selection or {}), "method": m}) for m in methods}
-    preds = {m: [] for m in methods}
-    probs = {m: [] for m in methods}
-    steps = {m: [] for m in methods}
-    added = {m: [] for m in methods}
-    timings = dict.fromkeys(methods, 0.0)
-    results: dict[str, list[SelectionResult]] = {m: [] for m in methods}
-    labels_all = []
-    cand_rows: list[torch.Tensor] = []
-    shared_seconds = 0.0
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"evaluating {scenario}", total=n)
-        for start in range(0, n, batch_size):
-            idx = np.arange(start, min(start + batch_size, n))
-            full = dataset.batch(idx).with_observed(obs_all[idx])
-            labels_all.append(full.labels)
-            t0 = time.perf_counter()
-            hidden = hide_missing(full)
-            if need_rec:
-                rec = recoverer.recover(full if getattr(recoverer, "reads_missing", False) else hidden)
-                available = torch.ones_like(hidden.observed)
-            else:
-                rec, available = hidden, hidden.observed
-            rec = rec.to(device)
-            tokens = backbone.encode(rec.data, available.to(device))
-            shared_seconds += time.perf_counter() - t0
-            start_used = hidden.observed
-            if value_missing is not None:
-                partial = _partial_rows(hidden)
-                complete = hidden.observed & ~partial
-                nothing = ~complete.any(1, keepdim=True)
-                start_used = complete | (partial & nothing)
-                cand_full = ~start_used
-            else:
-                cand_full = ~hidden.observed
-            candidates = cand_full if need_rec else torch.zeros_like(hidden.observed)
-            cand_rows.append(cand_full)
-            for m in methods:
-                t1 = time.perf_counter()
-                cand = candidates if m in NEEDS_RECOVERY else torch.zeros_like(candidates)
-                res = select_with_backbone(backbone, tokens, start_used, cand, calibration, configs[m])
-                timings[m] += time.perf_counter() - t1
-                preds[m].append(res.predictions)
-                probs[m].append(res.probabilities)
-                steps[m].append(res.steps)
-                added[m].append(res.added)
-                if keep_results:
-                    results[m].append(res)
-            bar.advance(task, len(idx))
-    labels = torch.cat(labels_all)
-    cand_all = torch.cat(cand_rows)
-    out = {
-        m: method_metrics(
-            m, scenario, seed, probs=torch.cat(probs[m]), predictions=torch.cat(preds[m]), labels=labels,
-            observed=obs_all, candidates=cand_all, offers_recovery=m in NEEDS_RECOVERY,
-            steps=torch.cat(steps[m]), added=torch.cat(added[m]), modalities=mods,
-            seconds=timings[m] + shared_seconds,
+    label = "recovery" if need_rec else None
+    runners = [
+        SelectionMethod(
+            m, backbone, calibration, SelectionConfig.from_dict({**(selection or {}), "method": m}), label, keep_results
         )
         for m in methods
-    }
+    ]
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"evaluating {scenario}", total=n)
+        ran = run_methods(
+            dataset, obs_all, runners, {"recovery": recoverer} if need_rec else {}, batch_size,
+            masks=_value_missing_masks if value_missing is not None else None,
+            on_batch=lambda k: bar.advance(task, k),
+        )
+    shared = sum(ran.recovery_seconds.values())
+    out = {}
+    for m in methods:
+        r = ran.runs[m]
+        out[m] = method_metrics(
+            m, scenario, seed, probs=r.probs, predictions=r.predictions, labels=ran.labels,
+            observed=obs_all, candidates=ran.candidates, offers_recovery=m in NEEDS_RECOVERY,
+            steps=r.steps, added=r.added, modalities=mods, seconds=r.seconds + r.shared_seconds + shared,
+        )
+    results = {m: ran.runs[m].results for m in methods}
     if keep_results:
         return out, results
     return out
@@ -165,3 +122,13 @@ def _partial_rows(batch: MultimodalBatch) -> torch.Tensor:
         if x.is_floating_point() and x.ndim == 2:
             out[:, i] = batch.observed[:, i] & torch.isnan(x).any(1)
     return out
+
+
+def _value_missing_masks(hidden: MultimodalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """With partly missing tables: a table with missing entries is a candidate (its imputed
+    copy), not a starting modality, unless the sample has nothing else observed."""
+    partial = _partial_rows(hidden)
+    complete = hidden.observed & ~partial
+    nothing = ~complete.any(1, keepdim=True)
+    start_used = complete | (partial & nothing)
+    return start_used, ~start_used
