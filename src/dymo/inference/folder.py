@@ -11,9 +11,10 @@ An input folder holds, per modality (named as in the bundle's specs):
   dataset stored in the spec.
 
 The rules (ids, order, what fails one sample and what fails the run) are in ``docs/inputs.md``.
-In short: a sample is every id seen in any modality, in the order first seen (modalities in the
-bundle's order, CSV rows in file order, image files in natural name order); a modality with no
-file or row for a sample is missing for it. A problem with one sample's file or row (unreadable
+In short: a sample is every id seen in any modality; the output keeps the input order: CSV rows
+in file order (first seen, CSVs in the bundle's modality order), then the ids found only as
+image files, in natural name order (``s2`` before ``s10``). A modality with no file or row for
+a sample is missing for it. A problem with one sample's file or row (unreadable
 image, bad row, duplicate or ambiguous id) fails that sample only, with the file named; a problem
 with a whole file (no header, not UTF-8, an entry that names no modality) fails the run before
 any prediction.
@@ -44,7 +45,7 @@ def natural_key(name: str) -> list:
 class InputFolder:
     root: Path
     specs: list[ModalitySpec]
-    ids: list[str]  # every sample id, in the order first seen
+    ids: list[str]  # every sample id, in input order (see the module doc)
     images: dict[str, dict[str, list[Path]]] = field(default_factory=dict)  # modality -> id -> file(s)
     tables: dict[str, CsvTable] = field(default_factory=dict)  # modality -> its CSV
     problems: dict[str, str] = field(default_factory=dict)  # id -> why it cannot be read (duplicates, ...)
@@ -74,22 +75,22 @@ class InputFolder:
         if other:
             folder.notes.append(f"not read (names no modality): {', '.join(other)}")
 
-        seen: dict[str, None] = {}
+        seen: dict[str, None] = {}  # ids of CSV rows, first seen
+        from_files: set[str] = set()  # ids of image files
         for spec in specs:
             if kind_of(spec).layout == "files":
-                ids = folder._scan_images(spec)
-            else:
-                path = root / f"{spec.name}.csv"
-                if not path.is_file():
-                    folder.notes.append(f"modality {spec.name!r}: no {path.name}, missing for every sample")
-                    continue
-                table = read_csv_table(path, spec)
-                folder.tables[spec.name] = table
-                for sid, lines in table.duplicates.items():
-                    folder._problem(sid, f"{path}: id {sid!r} is on lines {', '.join(map(str, lines))}; ids must be unique")
-                ids = table.order
-            seen.update(dict.fromkeys(ids))
-        folder.ids = list(seen)
+                from_files.update(folder._scan_images(spec))
+                continue
+            path = root / f"{spec.name}.csv"
+            if not path.is_file():
+                folder.notes.append(f"modality {spec.name!r}: no {path.name}, missing for every sample")
+                continue
+            table = read_csv_table(path, spec)
+            folder.tables[spec.name] = table
+            for sid, lines in table.duplicates.items():
+                folder._problem(sid, f"{path}: id {sid!r} is on lines {', '.join(map(str, lines))}; ids must be unique")
+            seen.update(dict.fromkeys(table.order))
+        folder.ids = [*seen, *sorted(from_files - seen.keys(), key=natural_key)]
         folder._check_case_collisions()
         if not folder.ids:
             raise DataError(f"{root}: no samples found (expected {', '.join(_expected(s) for s in specs)})")
