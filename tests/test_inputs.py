@@ -162,14 +162,19 @@ def _cli_error(res, *fragments: str) -> str:
     return lines[0]
 
 
+def _png(path: Path, w: int, h: int, depth: int = 8, body: bytes = b"\0" * 64) -> None:
+    """An RGB PNG written by hand: ``body`` is the raw scanlines (each led by a filter byte 0)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b""))
+
+
 def _bomb_png(path: Path, w: int = 20000, h: int = 20000) -> None:
     """A PNG whose header claims w x h pixels (a decompression bomb), a few hundred bytes on disk."""
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    _png(path, w, h)
 
 
 def _save_images(folder: Path, split: MultimodalDataset, ids, idx) -> None:
@@ -511,6 +516,11 @@ def test_image_modes_follow_the_documented_rule(tmp_path):
         if expected is None:  # a palette image: its palette colours
             expected = np.asarray(im.convert("RGB")) / 255
         np.testing.assert_allclose(x, np.asarray(expected, dtype=np.float64).transpose(2, 0, 1), atol=1e-6, err_msg=mode)
+    # Pillow reads a 16-bit colour PNG as 8-bit RGB (the high byte)
+    rgb16 = (np.arange(8 * 8 * 3).reshape(8, 8, 3) * 900).astype(">u2")
+    raw = b"".join(b"\0" + rgb16[r].tobytes() for r in range(8))
+    _png(tmp_path / "rgb16.png", 8, 8, depth=16, body=raw)
+    np.testing.assert_allclose(IMAGE.read_file(tmp_path / "rgb16.png", IMG_SPEC), (rgb16 >> 8).transpose(2, 0, 1) / 255, atol=1e-6)
     # colour -> one channel: the luminance 0.299 R + 0.587 G + 0.114 B
     Image.fromarray(rgb).save(tmp_path / "c.png")
     lum = (rgb / 255) @ np.array([0.299, 0.587, 0.114])
