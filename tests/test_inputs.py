@@ -715,3 +715,16 @@ def test_bundle_states_what_it_expects(mixed):
     assert "standardises them with the spec's mean/std" in mods["vec"]["values"]
     assert mods["txt"]["alphabet"] == "mopoe" and mods["txt"]["length"] == 8
     assert DyMoClassifier.from_pretrained(bundle).expected_inputs() == inputs
+
+
+def test_text_csv_for_a_model_without_alphabet_fails_the_run(tmp_path):
+    from dymo.inference.folder import InputFolder
+
+    specs = [ModalitySpec("v", "vector", (2,)), ModalitySpec("t", "text", (4,), vocab_size=9)]
+    _write_vec_csv(tmp_path / "v.csv", ["a"], [[1.0, 2.0]], width=2)
+    folder = InputFolder.scan(tmp_path, specs)  # no t.csv: fine, t is missing
+    batch, errors = folder.load(folder.ids)
+    assert not errors and batch.observed.tolist() == [[True, False]]
+    _write_txt_csv(tmp_path / "t.csv", ["a"], ["abc"])
+    with pytest.raises(DataError, match="text modality 't': the spec stores no alphabet"):
+        InputFolder.scan(tmp_path, specs)

@@ -393,6 +393,8 @@ class TextKind(ModalityKind):
         characters outside the alphabet. ``None`` rows give zeros."""
         from dymo.data.mst import encode_text
 
+        if all(t is None for t in texts):
+            return torch.zeros((len(texts), spec.shape[0]), dtype=torch.long), {}
         alphabet = self.alphabet(spec)
         known = set(alphabet)
         errors: dict[int, str] = {}

@@ -86,6 +86,8 @@ class InputFolder:
             if not path.is_file():
                 folder.notes.append(f"modality {spec.name!r}: no {path.name}, missing for every sample")
                 continue
+            if kind_of(spec) is TEXT:
+                TEXT.alphabet(spec)  # a text CSV needs the spec's alphabet: fail the run here, not per sample
             table = read_csv_table(path, spec)
             folder.tables[spec.name] = table
             for sid, lines in table.duplicates.items():
