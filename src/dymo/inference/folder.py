@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dymo.data.batch import MultimodalBatch
+from dymo.data.folder import standardize_values
 from dymo.data.specs import ModalitySpec
 from dymo.errors import DataError
 
@@ -112,7 +113,7 @@ class InputFolder:
                 raise DataError(f"{where}: infinite value")
             if torch.isnan(x).all():
                 return None
-            return x
+            return standardize_values(spec, x)  # a folder dataset's training standardisation, if any
         alphabet = spec.extra.get("alphabet")
         if alphabet is None:
             raise DataError(f"modality {spec.name!r}: the bundle's spec stores no alphabet to encode text")
