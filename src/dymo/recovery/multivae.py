@@ -76,8 +76,8 @@ from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import (
     Recoverer,
     RecovererConfig,
+    complete_rows,
     group_by_pattern,
-    require_complete,
     require_weights,
 )
 from dymo.recovery.mopoe import (
@@ -345,7 +345,7 @@ class MultiVaeRecoverer(Recoverer):
     # -- fitting ---------------------------------------------------------------------------
     def _fit(self, train: MultimodalDataset, progress: bool) -> None:
         cfg = self.config
-        require_complete(train, self.name, "the MultiVae recoverers train on complete samples")
+        train = complete_rows(train, self.name, "the MultiVae recoverers train on complete samples")
         model = self._build_model()
         for name, scaler in self.scalers.items():
             scaler.set(train.arrays[name])  # type: ignore[operator]
