@@ -19,6 +19,7 @@ def _register() -> None:
         benchmark_cmd,
         data_cmd,
         demo_cmd,
+        fit_cmd,
         recovery_cmd,
         selection_cmd,
         training_cmd,
