@@ -12,7 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.folder import read_folder, standardize_values, write_folder
+from dymo.data.folder import read_folder, write_folder
+from dymo.data.kinds import VECTOR
 from dymo.data.registry import REGISTRY, build_dataset, load_dataset, open_dataset
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
@@ -75,12 +76,12 @@ def test_read_folder_infers_specs_observed_and_standardisation(tmp_path: Path) -
     x = np.asarray(tr.arrays["vitals"])[rows]
     np.testing.assert_allclose(x[:, :2].mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(x[:, :2].std(0), 1.0, atol=1e-4)
-    stats = vitals.extra["standardize"]
+    stats = vitals.extra
     val_rows = ds["val"].observed[:, 2]
     assert abs(np.asarray(ds["val"].arrays["vitals"])[val_rows][:, 0].mean()) > 1e-6  # not refitted on val
     # dymo predict applies the same transform to a raw row.
     raw = torch.tensor([[stats["mean"][0] + stats["std"][0], stats["mean"][1], stats["mean"][2]]])
-    np.testing.assert_allclose(standardize_values(vitals, raw).numpy(), [[1.0, 0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(VECTOR.preprocess(raw, vitals).numpy(), [[1.0, 0.0, 0.0]], atol=1e-6)
     # Missing slots hold zeros.
     assert not np.asarray(tr.arrays["scan"])[~tr.observed[:, 1]].any()
 
@@ -102,8 +103,8 @@ def test_split_column_is_used_and_val_carved_when_absent(tmp_path: Path) -> None
         (lambda r: (r / "labels.csv").unlink(), "no labels.csv"),
         (lambda r: (r / "labels.csv").write_text("id,label,split\na,1,training\n"), "split 'training'"),
         (lambda r: (r / "labels.csv").write_text("id,label\na,1\na,2\n"), "appears twice"),
-        (lambda r: (r / "vitals.csv").write_text("id,a,b,c\ns000,1,x,3\n"), r"vitals.csv, sample 's000': column 3 holds 'x'"),
-        (lambda r: (r / "vitals.csv").write_text("id,a,b,c\ns000,1,2\n"), "2 values, the header has 3"),
+        (lambda r: (r / "vitals.csv").write_text("id,a,b,c\ns000,1,x,3\n"), r"vitals.csv, sample 's000': column 3: 'x' is not a number"),
+        (lambda r: (r / "vitals.csv").write_text("id,a,b,c\ns000,1,2\n"), "sample .s000.: 2 values, modality .vitals. has 3 features"),
         (lambda r: (r / "scan" / "s000.png").write_bytes(b"not a png"), "s000.png: unreadable image"),
     ],
 )
@@ -122,7 +123,7 @@ def test_build_by_name_saves_observed_and_loads_by_name(tmp_path: Path) -> None:
     again = load_dataset("clinic", root=tmp_path / "data")
     for split in ds.splits:
         np.testing.assert_array_equal(again[split].observed, ds[split].observed)
-    assert again.specs[2].extra["standardize"] == ds.specs[2].extra["standardize"]
+    assert again.specs[2].extra["mean"] == ds.specs[2].extra["mean"]
     with pytest.raises(ConfigError, match="registered dataset"):
         build_dataset("folder", root=tmp_path / "data", out_name="mfeat", source=str(tmp_path / "raw"))
 

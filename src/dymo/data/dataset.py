@@ -103,6 +103,7 @@ class MultimodalDataset(Dataset):
             observed=torch.from_numpy(self.observed[idx].copy()),
             modalities=self.modalities,
             labels=torch.from_numpy(self.labels[idx].astype(np.int64)),
+            preprocessed=True,  # the stored arrays are the dataset's preprocessed values
         )
 
     def __getitems__(self, indices: list[int]) -> MultimodalBatch:

@@ -23,32 +23,32 @@ source=DIR, out_name=NAME)``) reads it into the usual dataset folder ``<data roo
   ``val_fraction`` of ``train`` becomes ``val``), else a seeded stratified split
   (``val_fraction``, ``test_fraction`` of each class);
 - **preprocessing**: table columns are standardised with the mean and standard deviation of the
-  *training split's* observed rows; both are stored in the spec (``extra["standardize"]``), and
-  ``dymo predict`` applies them to raw CSV rows;
+  *training split's* observed rows; both are stored in the spec (``extra["mean"]``,
+  ``extra["std"]``), and ``dymo predict`` applies them to raw CSV rows;
 - **classes** are the distinct label values, sorted (numerically when every label is a number).
 
 The sample ids of each split are saved as ``<split>/ids.npy``.
 
-The file readers below are deliberately small (one function per kind) so that they can be
-replaced by shared per-kind readers without touching the build logic.
+Files are read with the same per-kind readers as ``dymo predict`` (:mod:`dymo.data.kinds`), so
+a sample is preprocessed the same way at training and at prediction time.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.data.entry import BuildResult, DatasetEntry, Progress
+from dymo.data.kinds import IMAGE, VECTOR
+from dymo.data.mst import encode_text
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -84,13 +84,13 @@ class FolderConfig(Config):
             raise ConfigError("folder dataset: image_height, image_width and text_length must be >= 0")
 
 
-# -- file readers (one per kind; small on purpose, see the module doc) -----------------------
+# -- files (samples themselves are read by dymo.data.kinds) ----------------------------------
 
 
 def read_csv_rows(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     """Header and ``{id: cells after the id}`` of a CSV file; duplicate ids are an error."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header:
@@ -119,53 +119,6 @@ def image_size_and_mode(path: Path) -> tuple[int, int, str]:
             return im.size[1], im.size[0], im.mode
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
-
-
-def read_image_uint8(path: Path, height: int, width: int, channels: int) -> np.ndarray:
-    """uint8 ``[H, W, C]``: converted to grey (C=1) or RGB (C=3), resized when needed."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (width, height):
-                im = im.resize((width, height))
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def parse_numbers(cells: list[str], where: str, width: int) -> np.ndarray:
-    """float64 ``[width]``; an empty cell is NaN; anything else non-numeric is an error."""
-    if len(cells) != width:
-        raise DataError(f"{where}: {len(cells)} values, the header has {width} feature columns")
-    out = np.empty(width, dtype=np.float64)
-    for k, c in enumerate(cells):
-        c = c.strip()
-        if not c:
-            out[k] = math.nan
-            continue
-        try:
-            out[k] = float(c)
-        except ValueError:
-            raise DataError(f"{where}: column {k + 2} holds {c!r}, not a number") from None
-        if not math.isfinite(out[k]):
-            raise DataError(f"{where}: column {k + 2} holds {c!r}; only finite numbers (or an empty cell) are allowed")
-    return out
-
-
-def standardize_values(spec: ModalitySpec, x: torch.Tensor) -> torch.Tensor:
-    """Apply the training-split standardisation stored in ``spec`` (no-op when there is none).
-
-    What ``dymo predict`` calls on a raw CSV row of a dataset built by this module.
-    """
-    stats = spec.extra.get("standardize") if spec.extra else None
-    if not stats:
-        return x
-    mean = torch.as_tensor(stats["mean"], dtype=x.dtype, device=x.device)
-    std = torch.as_tensor(stats["std"], dtype=x.dtype, device=x.device)
-    return (x - mean) / std
 
 
 # -- the build -----------------------------------------------------------------------------
@@ -326,20 +279,28 @@ def read_folder(config: FolderConfig | None = None, progress: Progress | None = 
             c, h, w = _image_shape(mod, cfg)
             arr = np.zeros((n, h, w, c), dtype=np.uint8)
             assert mod.files is not None
+            spec = ModalitySpec(mod.name, "image", (c, h, w))
             for i, sid in enumerate(ids):
                 path = mod.files.get(sid)
                 if path is not None:
-                    arr[i] = read_image_uint8(path, h, w, c)
+                    x = IMAGE.read_file(path, spec)  # float32 (C, H, W) in [0, 1], as dymo predict reads it
+                    arr[i] = np.rint(np.moveaxis(x, 0, -1) * 255.0).astype(np.uint8)
                     observed[i, j] = True
-            specs.append(ModalitySpec(mod.name, "image", (c, h, w)))
+            specs.append(spec)
         elif mod.kind == "vector":
             assert mod.header is not None and mod.rows is not None
             width = len(mod.header) - 1
+            raw_spec = ModalitySpec(mod.name, "vector", (width,), extra={"columns": mod.header[1:]})
             table = np.full((n, width), np.nan)
             for i, sid in enumerate(ids):
                 cells = mod.rows.get(sid)
                 if cells is not None:
-                    table[i] = parse_numbers(cells, f"{root / (mod.name + '.csv')}, sample {sid!r}", width)
+                    try:
+                        row = VECTOR.parse_cells(cells, raw_spec)
+                    except DataError as e:
+                        raise DataError(f"{root / (mod.name + '.csv')}, sample {sid!r}: {e}") from None
+                    if row is not None:
+                        table[i] = row
             observed[:, j] = ~np.isnan(table).all(axis=1)
             arr, extra = _standardize(mod.name, table, observed[:, j] & train_rows, observed[:, j], cfg)
             specs.append(ModalitySpec(mod.name, "vector", (width,), extra={"columns": mod.header[1:], **extra}))
@@ -403,7 +364,7 @@ def _standardize(
     if cfg.standardize:
         out = (table - mean) / std
         out[holes] = 0.0
-        extra = {"standardize": {"mean": mean.tolist(), "std": std.tolist()}}
+        extra = {"mean": mean.tolist(), "std": std.tolist()}
     else:
         out = np.where(holes, mean[None, :], table)
         extra = {}
@@ -416,11 +377,7 @@ def _encode_text(name: str, texts: list[str], fit_rows: np.ndarray, cfg: FolderC
     if not alphabet:
         raise DataError(f"folder dataset: no training sample has text in {name!r}")
     length = cfg.text_length or min(MAX_TEXT_LENGTH, max(len(t) for t in texts))
-    lookup = {ch: k + 1 for k, ch in enumerate(alphabet)}  # 0 = padding / unknown character
-    arr = np.zeros((len(texts), length), dtype=np.int64)
-    for i, t in enumerate(texts):
-        codes = [lookup.get(ch, 0) for ch in t[:length]]
-        arr[i, : len(codes)] = codes
+    arr = encode_text(texts, length, alphabet).astype(np.int64)  # id = position + 1; 0 = padding / unknown
     return arr, ModalitySpec(name, "text", (length,), vocab_size=len(alphabet) + 1, extra={"alphabet": alphabet})
 
 
