@@ -1,6 +1,7 @@
 """The recovery protocol: fill every missing modality from the observed ones.
 
-A :class:`Recoverer` is fitted once on a complete training set and then frozen. Its one
+A :class:`Recoverer` is fitted once on a training set (which may miss modalities; each
+recoverer says how it uses such samples) and then frozen. Its one
 inference method, :meth:`Recoverer.recover`, takes a :class:`~dymo.data.batch.MultimodalBatch`
 in which every sample may miss a different set of modalities and returns a batch in which
 

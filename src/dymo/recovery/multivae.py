@@ -25,7 +25,8 @@ private ``(style_mu, style_logvar)``; the decoders take ``[z, w_m]``. Images are
 vectors are standardised with training statistics and get a Gaussian likelihood. Text
 modalities are not supported.
 
-Training (:meth:`MultiVaeRecoverer.fit`) is on complete samples. ``trainer="dymo"`` (default)
+Training (:meth:`MultiVaeRecoverer.fit`) is on complete samples (an incomplete training set is
+reduced to its complete rows, with a warning). ``trainer="dymo"`` (default)
 runs MultiVae's objective (``model(inputs).loss``, Adam, ``model.update()`` after each epoch:
 what MultiVae's ``BaseTrainer.train_step`` does) in a local loop over dymo's loader, with the
 randomness seeded per epoch in a forked RNG and nothing written to disk. ``trainer="multivae"``
