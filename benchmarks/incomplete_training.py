@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 _CACHE: dict[tuple, object] = {}
 
 

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 
 from dymo.cli.common import friendly_errors
-from dymo.cli.main import app
 
+app = typer.Typer()  # `dymo fit`, added to the root by dymo.cli.main
 console = Console(stderr=True)
 
 
