@@ -22,7 +22,7 @@ def calibrate_cmd(
     max_samples: int | None = typer.Option(None, help="Use only the first N training samples (default: all)."),
     batch_size: int = typer.Option(512),
 ) -> None:
-    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the complete training set."""
+    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set (a sample counts for the subsets it observes)."""
     from dymo.data.registry import open_dataset
     from dymo.selection.calibration import compute_calibration
     from dymo.training.run import load_backbone

@@ -262,3 +262,51 @@ class DyMoClassifier:
             used=result.used,
             selection=result,
         )
+
+    # -- one-call training and scikit-learn style helpers -----------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        dataset: Any,
+        recovery: str = "retrieval",
+        *,
+        recovery_options: dict[str, Any] | None = None,
+        backbone: Any = None,
+        train: Any = None,
+        epochs: int | None = None,
+        selection: Any = None,
+        run_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        accelerator: str = "cpu",
+        devices: int | str = 1,
+    ) -> DyMoClassifier:
+        """Train backbone + recoverer + calibration on ``dataset`` and return the classifier.
+
+        ``dataset``: a :class:`~dymo.data.dataset.SplitDataset` with ``train`` and ``val`` splits,
+        or a dataset name / folder (``open_dataset``). ``recovery``: a recoverer name
+        (``retrieval``, ``mopoe``, ``knn``, ...; options in ``recovery_options``). ``backbone`` /
+        ``train`` / ``selection``: configs or dicts (defaults: ``BackboneConfig()``,
+        ``TrainConfig()`` = 4 epochs, batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
+        ``epochs`` overrides ``train.epochs``. ``run_dir`` keeps the backbone run (logs,
+        checkpoints); by default it is a temporary folder. The training split may miss
+        modalities (docs/data.md). Then ``predict`` / ``predict_proba`` / ``explain`` /
+        ``save_pretrained``.
+        """
+        from dymo.inference.fit import fit_classifier
+
+        return fit_classifier(
+            cls, dataset, recovery, recovery_options=recovery_options, backbone=backbone, train=train, epochs=epochs,
+            selection=selection, run_dir=run_dir, progress=progress, accelerator=accelerator, devices=devices,
+        )
+
+    def predict_proba(self, batch: MultimodalBatch) -> torch.Tensor:
+        """Class probabilities ``[B, C]`` of DyMo's final choice per sample."""
+        return self.predict(batch).probabilities
+
+    def explain(self, batch: MultimodalBatch, index: int | None = None) -> Any:
+        """The selection steps of sample ``index`` (every sample's when None): candidates,
+        rewards, accepted / rejected. Same as ``predict(batch).explain(i)``."""
+        pred = self.predict(batch)
+        if index is not None:
+            return pred.explain(index)
+        return [pred.explain(i) for i in range(len(pred.class_index))]
