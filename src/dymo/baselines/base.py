@@ -36,7 +36,6 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -233,20 +232,13 @@ class Baseline(ABC):
         """Probabilities ``[B, C]`` for a validated batch (and its recovery) on ``self.device``."""
 
     def _validate(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> None:
-        """``batch.validate``; NaN *entries* of observed vector modalities (partly missing
-        tables) are accepted when this baseline reads only recovered data and that recovery
-        imputes them (``recovered`` given, or a recoverer with ``allows_missing_values``)."""
+        """The batch contract's validator. NaN *entries* of observed vector modalities (partly
+        missing tables) are accepted when this baseline reads only recovered data and that
+        recovery imputes them (``recovered`` given, or a recoverer with ``allows_missing_values``)."""
         imputes_values = self.uses_recovery and (
             recovered is not None or (self.recoverer is not None and self.recoverer.allows_missing_values)
         )
-        if imputes_values:
-            data = dict(batch.data)
-            for s in self.specs:
-                x = data.get(s.name)
-                if s.kind == "vector" and x is not None and x.is_floating_point():
-                    data[s.name] = torch.where(torch.isnan(x), torch.zeros((), dtype=x.dtype, device=x.device), x)
-            batch = replace(batch, data=data)
-        batch.validate(self.specs, self.num_classes)
+        batch.validate(self.specs, self.num_classes, nan_values=imputes_values)
 
     def _recovered(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> MultimodalBatch:
         """``recovered`` checked against ``batch``, or the recoverer's output."""

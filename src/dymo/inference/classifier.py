@@ -222,7 +222,6 @@ class DyMoClassifier:
         batch.validate(self.specs)
         hidden = batch.with_missing_filled()
         hidden.labels = None
-        hidden.validate(self.specs)
         device = next(self.backbone.parameters()).device
         recovered = self.recoverer.recover(hidden) if bool((~hidden.observed).any()) else hidden
         tokens = self.backbone.encode(recovered.to(device).data, torch.ones_like(hidden.observed, device=device))

@@ -12,7 +12,7 @@ in which every sample may miss a different set of modalities and returns a batch
   experiment-only wrappers that say so).
 
 What a missing slot held on input must not influence the output: the base class replaces
-missing slots with zeros (:func:`sanitize_missing`) *before* a subclass sees the batch. The one
+missing slots with zeros (:meth:`~dymo.data.batch.MultimodalBatch.with_missing_zeroed`) *before* a subclass sees the batch. The one
 exception is :class:`~dymo.recovery.oracle.OracleRecoverer` (``reads_missing = True``), an
 experiment-only control that returns the true data.
 
@@ -139,7 +139,7 @@ class Recoverer(ABC):
         self.check_batch(batch)
         if bool(batch.observed.all()) and not self._has_missing_values(batch):
             return replace(batch, data=dict(batch.data))
-        clean = batch if self.reads_missing else sanitize_missing(batch)
+        clean = batch if self.reads_missing else batch.with_missing_zeroed()
         with torch.no_grad():
             filled = self._recover_missing(clean)
         return merge_recovered(batch, filled)
@@ -155,47 +155,12 @@ class Recoverer(ABC):
         return self
 
     def check_batch(self, batch: MultimodalBatch) -> None:
-        """Raise :class:`DataError` naming the sample/modality if ``batch`` does not fit."""
-        if batch.modalities != self.modalities:
-            raise DataError(
-                f"{self.name}: batch modalities {list(batch.modalities)} do not match the "
-                f"recoverer's {list(self.modalities)}"
-            )
-        b = len(batch)
-        if tuple(batch.observed.shape) != (b, len(self.specs)):
-            raise DataError(
-                f"{self.name}: observed mask has shape {tuple(batch.observed.shape)}, "
-                f"expected {(b, len(self.specs))}"
-            )
-        for i, spec in enumerate(self.specs):
-            if spec.name not in batch.data:
-                raise DataError(f"{self.name}: modality {spec.name!r} is absent from the batch data dict")
-            x = batch.data[spec.name]
-            if tuple(x.shape) != (b, *spec.shape):
-                raise DataError(
-                    f"{self.name}: modality {spec.name!r} has shape {tuple(x.shape)}, expected {(b, *spec.shape)}"
-                )
-            if spec.kind == "text" and x.is_floating_point():
-                raise DataError(f"{self.name}: text modality {spec.name!r} needs integer token ids, got {x.dtype}")
-            if spec.kind != "text" and not x.is_floating_point():
-                raise DataError(f"{self.name}: modality {spec.name!r} needs a floating dtype, got {x.dtype}")
-            obs = batch.observed[:, i]
-            if x.is_floating_point() and obs.any():
-                vals = x[obs].reshape(int(obs.sum()), -1)
-                ok = ~torch.isinf(vals) if (self.allows_missing_values and spec.kind == "vector") else torch.isfinite(vals)
-                bad = ~ok.all(dim=1)
-                if bad.any():
-                    sample = int(torch.nonzero(obs).flatten()[torch.nonzero(bad).flatten()[0]])
-                    raise DataError(
-                        f"{self.name}: sample {sample}: observed modality {spec.name!r} holds NaN or Inf"
-                    )
-        if not self.allows_empty:
-            empty = ~batch.observed.any(dim=1)
-            if empty.any():
-                i = int(torch.nonzero(empty).flatten()[0])
-                raise DataError(
-                    f"{self.name}: sample {i} has no observed modality; recovery needs at least one"
-                )
+        """Raise :class:`DataError` naming the sample/modality if ``batch`` does not fit (the
+        batch contract's one validator)."""
+        batch.validate(
+            self.specs, who=self.name, nan_values=self.allows_missing_values,
+            need_observed=None if self.allows_empty else "recovery needs at least one",
+        )
 
     def _has_missing_values(self, batch: MultimodalBatch) -> bool:
         if not self.allows_missing_values:
@@ -315,22 +280,6 @@ def require_weights(tensors: Mapping[str, torch.Tensor], keys: Sequence[str], pa
 
 
 # -- batch helpers -------------------------------------------------------------------------
-
-def sanitize_missing(batch: MultimodalBatch) -> MultimodalBatch:
-    """A batch whose missing slots hold zeros (text: padding id 0), whatever they held before.
-
-    Modalities with no missing sample keep their tensor object; others are cloned.
-    """
-    data = {}
-    for i, name in enumerate(batch.modalities):
-        x = batch.data[name]
-        missing = ~batch.observed[:, i]
-        if missing.any():
-            x = x.clone()
-            x[missing] = 0
-        data[name] = x
-    return replace(batch, data=data)
-
 
 def merge_recovered(batch: MultimodalBatch, filled: Mapping[str, torch.Tensor]) -> MultimodalBatch:
     """Write ``filled[name]`` into the *missing* slots of ``batch`` only.

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dymo.config import Config
-from dymo.data.batch import MultimodalBatch
+from dymo.data.batch import MultimodalBatch, zero_nan_values
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
@@ -179,7 +179,7 @@ class UnimodalClassifier(nn.Module):
                 for batch in train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
                     y = batch.labels
                     loss = torch.zeros(())
-                    for lg in self.logits(_clean(batch)).values():
+                    for lg in self.logits({k: zero_nan_values(v) for k, v in batch.data.items()}).values():
                         loss = loss + F.cross_entropy(lg, y)
                         correct += int((lg.argmax(-1) == y).sum())
                         total += len(y)
@@ -202,7 +202,7 @@ class UnimodalClassifier(nn.Module):
             for start in range(0, len(ds), batch_size):
                 idx = np.arange(start, min(start + batch_size, len(ds)))
                 batch = ds.batch(idx)
-                feats = self.embed(_clean(batch))
+                feats = self.embed({k: zero_nan_values(v) for k, v in batch.data.items()})
                 out[start : start + len(idx)] = torch.stack([feats[n] for n in self.modalities], 1).to(dtype)
                 if bar:
                     bar.update(task, advance=len(idx))
@@ -245,11 +245,6 @@ class UnimodalClassifier(nn.Module):
             raise BundleError(f"{path / 'weights.safetensors'}: does not fit the config ({e})") from None
         model.eval()
         return model
-
-
-def _clean(batch: MultimodalBatch) -> dict[str, torch.Tensor]:
-    """Model inputs with NaN (missing values in vectors) replaced by 0."""
-    return {k: torch.nan_to_num(v, nan=0.0) if v.is_floating_point() else v for k, v in batch.data.items()}
 
 
 class progress_bar:

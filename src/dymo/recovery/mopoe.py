@@ -58,7 +58,6 @@ from dymo.recovery.base import (
     merge_recovered,
     require_complete,
     require_weights,
-    sanitize_missing,
 )
 from dymo.utils.io import load_tensors, save_tensors
 from dymo.utils.subsets import all_subsets, masks_to_codes
@@ -570,7 +569,7 @@ class MoPoERecoverer(Recoverer):
         self.check_batch(batch)
         model = self._model()
         model.eval()
-        clean = sanitize_missing(batch)
+        clean = batch.with_missing_zeroed()
         data = {k: model.prepare(k, v.to(self.device)) for k, v in clean.data.items()}
         mus, logvars = model.encode_all(data)
         obs = batch.observed.to(self.device)
