@@ -10,11 +10,12 @@ import typer
 
 from dymo.cli.common import console, friendly_errors
 from dymo.errors import ConfigError
+from dymo.recovery.registry import trainable_recoverers
 
 app = typer.Typer()  # `dymo recovery-report`, added to the root by dymo.cli.main
 train_app = typer.Typer()  # `dymo train recovery`, added under `train` by dymo.cli.main
 
-TRAINABLE = ("retrieval", "mean", "knn", "iterative", "mopoe", "mmvae-plus", "cmvae")
+TRAINABLE = tuple(trainable_recoverers())
 CLASSIFIER_DIR = "coherence_classifier"
 
 
@@ -51,8 +52,8 @@ def train_recovery_cmd(
 
     from dymo.recovery.registry import recoverer_class
 
-    if model not in TRAINABLE:
-        raise ConfigError(f"--model {model!r}: choose one of {', '.join(TRAINABLE)}")
+    if model not in trainable_recoverers():
+        raise ConfigError(f"--model {model!r}: choose one of {', '.join(trainable_recoverers())}")
     _limit_threads(threads)
     cls = recoverer_class(model)  # mopoe: imported lazily from dymo.recovery.mopoe
     overrides = _parse_sets(set_)

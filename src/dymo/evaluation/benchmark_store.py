@@ -14,7 +14,6 @@ from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.errors import BundleError, ConfigError
 from dymo.evaluation.benchmark_plan import (
     FROM_BACKBONE,
-    RECOVERY_KINDS,
     BenchmarkConfig,
     Cell,
     LogFn,
@@ -24,6 +23,7 @@ from dymo.evaluation.benchmark_plan import (
 )
 from dymo.evaluation.metrics import MethodMetrics
 from dymo.recovery.base import Recoverer
+from dymo.recovery.registry import standalone_recoverers
 from dymo.selection.calibration import Calibration
 from dymo.utils.io import read_json, write_json
 
@@ -67,7 +67,7 @@ class Models:
         return self.backbone_runs.get(metric, self.folder / f"backbone-{metric}")
 
     def _recovery_label(self, item: str) -> tuple[str, str]:
-        if item in RECOVERY_KINDS:
+        if item in standalone_recoverers():
             return item, f"trained:{item}"
         path = Path(item)
         if (path / "config.json").exists():
@@ -76,7 +76,7 @@ class Models:
             except (ValueError, KeyError, TypeError):
                 raise BundleError(f"{path}/config.json: not a saved recoverer") from None
             return str(kind), str(path)
-        raise ConfigError(f"--recovery {item!r}: neither a recoverer kind ({', '.join(RECOVERY_KINDS)}) nor a saved recoverer folder")
+        raise ConfigError(f"--recovery {item!r}: neither a recoverer kind ({', '.join(standalone_recoverers())}) nor a saved recoverer folder")
 
     # -- backbones and calibration ------------------------------------------------------------
     def backbone(self, metric: str) -> Any:
