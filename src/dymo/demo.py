@@ -86,7 +86,7 @@ def run_demo(cfg: DemoConfig, out: Path, report: Path, data_root: Path, log: Cal
         backbone, calibration, recoverer, data["test"], cfg.missing, ("discard", "fuse-all", "dymo"), seed=cfg.seed, keep_results=True
     )
     done()
-    names = {"discard": "discard (observed only)", "fuse-all": "impute-all (every recovery)", "dymo": "DyMo"}
+    names = {"discard": "discard (observed only)", "fuse-all": "fuse-all (every recovery)", "dymo": "DyMo"}
     metrics = {names[k]: v for k, v in metrics.items()}
     log(metrics_markdown(metrics))
 
@@ -112,7 +112,7 @@ def run_demo(cfg: DemoConfig, out: Path, report: Path, data_root: Path, log: Cal
         "",
         f"The bundle `{out / 'bundle'}` predicts on new data: `dymo predict {out / 'bundle'} INPUT --out preds.csv`.",
     ]
-    return write_report(report, "dymo demo: DyMo vs discard vs impute-all", metrics, intro,
+    return write_report(report, "dymo demo: DyMo vs discard vs fuse-all", metrics, intro,
                         {"Accuracy by number of observed modalities": "accuracy.png", "Test samples and DyMo's choices": "samples.png"}, notes)
 
 

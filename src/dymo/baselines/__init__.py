@@ -2,7 +2,7 @@
 incomplete batches with ``predict_proba(batch, recovered=None)``, save/load.
 
 Names (see ``docs/baselines.md``): recovery-free ``discard``, ``moddrop``, ``mtl``,
-``late-fusion``, ``unimodal``; recovery-based ``impute-all``, ``concat``; dynamic fusion
+``late-fusion``, ``unimodal``; recovery-based ``fuse-all`` (formerly ``impute-all``), ``concat``; dynamic fusion
 ``qmf``, ``dynmm``; EXPERIMENT-ONLY upper bounds ``oracle-complete``, ``oracle-selection``.
 """
 

@@ -50,6 +50,7 @@ from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
+from dymo.selection.selector import DEPRECATED_NAMES
 from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
 
 log = logging.getLogger("dymo.baselines")
@@ -316,7 +317,7 @@ class Baseline(ABC):
         if not cls.name:
             raise TypeError("Baseline.load: the abstract base cannot choose a kind; use dymo.baselines.load_baseline(path)")
         meta = read_baseline_meta(path)
-        if meta["kind"] != cls.name:
+        if DEPRECATED_NAMES.get(meta["kind"], meta["kind"]) != cls.name:  # a folder saved under an old name
             raise BundleError(f"{path / CONFIG_FILE}: holds a {meta['kind']!r} baseline, not {cls.name!r}")
         try:
             config = cls.config_class.from_dict(meta["config"])
