@@ -1,0 +1,292 @@
+"""One artefact format and one safe-output policy.
+
+Every artefact dymo writes is recognisable by its manifest, a JSON file at a fixed place:
+
+=================  ==============================================================
+kind               recognised by
+=================  ==============================================================
+``backbone-run``   ``config.json`` with ``"kind": "backbone"``
+``recoverer``      ``config.json`` with ``format``, ``kind``, ``config``, ``specs``
+``baseline``       ``config.json`` with a ``recoverer`` entry (baselines)
+``classifier``     ``config.json`` with ``"kind": "unimodal-classifier"``
+``bundle``         ``bundle.json``
+``dataset``        ``meta.json`` (or, for an interrupted build, only split folders of ``.npy``)
+``benchmark``      ``benchmark.json`` or ``cells/``
+``calibration``    a safetensors file whose metadata says ``kind: dymo-calibration``
+``predictions``    a ``.csv`` whose header is dymo's, or a ``.json`` list of prediction records
+``metrics``        a ``.json`` written by ``dymo evaluate --out`` (``{"format", "kind": "metrics"}``)
+``grid``           a ``.png`` carrying ``Software: dymo`` in its metadata
+=================  ==============================================================
+
+Manifests also record what the artefact was made from (:func:`made_from`): the sha256 of the
+weights it used and the fingerprint of its data, so that a stale calibration, a resumed run on
+other data or a benchmark cell computed with other models is noticed.
+
+The output policy (:func:`check_output`): dymo writes only into a path that does not exist, an
+empty folder, or a path holding a dymo artefact of the same kind; replacing an existing artefact
+needs ``force`` (``--force``), and nothing replaces a foreign file or folder, another kind of
+artefact, the current folder or one of the command's own inputs. Folders are built beside their
+target and renamed into place (:func:`staged_dir`), so a failed command leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from dymo.errors import BundleError, OutputError
+from dymo.utils.io import default_dir_mode, read_json
+
+ARTIFACT_FORMAT = 1
+PREDICTIONS_HEADER = "sample,status,predicted_class"
+LOCK_FILE = ".dymo.lock"
+
+#: The manifest file of each folder kind.
+MARKERS = {"bundle": "bundle.json", "dataset": "meta.json", "benchmark": "benchmark.json"}
+
+
+# -- hashes ------------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """A stable hash of a JSON-able object (keys sorted)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_hashes(folder: str | os.PathLike, skip: Iterable[str] = ()) -> dict[str, str]:
+    """``{relative posix path: sha256}`` of every regular file under ``folder``; hidden files
+    (temporaries, the lock) and the names in ``skip`` are left out."""
+    root = Path(folder)
+    skip = set(skip)
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if name.startswith(".") or rel in skip:
+                continue
+            out[rel] = sha256_file(Path(dirpath) / name)
+    return out
+
+
+def verify_files(folder: str | os.PathLike, expected: Mapping[str, str], skip: Iterable[str] = ()) -> None:
+    """Raise :class:`BundleError` naming the first file that is missing, changed or unexpected."""
+    root = Path(folder)
+    if not isinstance(expected, Mapping):
+        raise BundleError(f"{root}: the manifest's file list is malformed")
+    for rel, digest in sorted(expected.items()):
+        p = root / rel
+        if not p.is_file():
+            raise BundleError(f"{p}: file missing (listed in the manifest)")
+        if sha256_file(p) != digest:
+            raise BundleError(
+                f"{p}: sha256 differs from the manifest; the file was changed or damaged after it was written. "
+                "Rebuild the bundle (or pass --no-verify to load it anyway)"
+            )
+    found = file_hashes(root, skip=skip)
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise BundleError(f"{root / extra[0]}: file not listed in the manifest; it was added after the bundle was written")
+
+
+def made_from(**parts: Any) -> dict[str, Any]:
+    """The ``made_from`` record of a manifest, e.g. ``made_from(backbone_sha256=..., data=...)``."""
+    return {k: v for k, v in parts.items() if v is not None}
+
+
+# -- recognising artefacts -----------------------------------------------------------------------
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _identify_dir(path: Path) -> str | None:
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return ""
+    names = {p.name for p in entries}
+    for kind, marker in MARKERS.items():
+        if marker in names:
+            return kind
+    if "cells" in names and (path / "cells").is_dir():
+        return "benchmark"
+    if "config.json" in names:
+        cfg = _json_or_none(path / "config.json")
+        if isinstance(cfg, dict):
+            if isinstance(cfg.get("artifact"), str):
+                return cfg["artifact"]
+            if cfg.get("kind") == "backbone":
+                return "backbone-run"
+            if cfg.get("kind") == "unimodal-classifier":
+                return "classifier"
+            if "recoverer" in cfg and "kind" in cfg:
+                return "baseline"
+            if {"format", "kind", "config", "specs"} <= set(cfg):
+                return "recoverer"
+        return None
+    if all(p.is_dir() for p in entries) and all(
+        all(f.suffix == ".npy" or f.name.startswith(".") for f in p.iterdir() if f.is_file()) for p in entries
+    ):
+        if any(f.suffix == ".npy" for p in entries for f in p.iterdir()):
+            return "dataset"  # a build interrupted before its meta.json
+    return None
+
+
+def _identify_file(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+            return "calibration" if meta.get("kind") == "dymo-calibration" else None
+        if suffix == ".csv":
+            with open(path, encoding="utf-8", errors="replace") as f:
+                first = f.readline()
+            return "predictions" if first.startswith(PREDICTIONS_HEADER) else None
+        if suffix == ".json":
+            obj = _json_or_none(path)
+            if isinstance(obj, list) and all(isinstance(r, dict) and {"sample", "status"} <= set(r) for r in obj):
+                return "predictions"
+            if isinstance(obj, dict) and obj.get("format") == ARTIFACT_FORMAT and isinstance(obj.get("kind"), str):
+                return obj["kind"]
+            return None
+        if suffix == ".png":
+            with open(path, "rb") as f:
+                head = f.read(4096)
+            return "grid" if b"Software\x00dymo" in head else None
+    except Exception:  # an unreadable file is not ours
+        return None
+    return None
+
+
+def identify(path: str | os.PathLike) -> str | None:
+    """The kind of dymo artefact at ``path``: ``""`` when nothing is there (or an empty folder),
+    ``None`` for anything dymo did not write."""
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return ""
+    if p.is_dir():
+        return _identify_dir(p)
+    if p.is_file():
+        return _identify_file(p)
+    return None
+
+
+def _article(kind: str) -> str:
+    return "an" if kind[:1] in "aeiou" else "a"
+
+
+def _describe(found: str | None) -> str:
+    return "files dymo did not write" if found is None else f"{_article(found)} dymo {found}"
+
+
+def check_output(
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    force: bool = False,
+    replace: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+    option: str = "--out",
+) -> bool:
+    """Refuse to write ``path`` unless it is new, an empty folder, or (with ``force``, or
+    ``replace`` for in-place updates) a dymo artefact of the same ``kind``; never the current
+    folder or one of ``inputs``. Returns whether something is there to be replaced."""
+    p = Path(path)
+    target = p.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise OutputError(f"{option} {path}: is the current folder (or holds it); dymo never replaces it, name a new folder")
+    for item in inputs:
+        src = Path(item).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise OutputError(
+                f"{option} {path}: overlaps the input {item}; writing there would destroy it, choose another {option}"
+            )
+    found = identify(p)
+    if found == "":
+        return False
+    if found == kind:
+        if force or replace:
+            return True
+        raise OutputError(f"{option} {path}: holds {_describe(found)} already; pass --force to replace it, or choose another {option}")
+    hint = "" if found is None else " (--force replaces only an artefact of the same kind)"
+    raise OutputError(
+        f"{option} {path}: holds {_describe(found)}, not {_article(kind)} {kind}; dymo will not replace it{hint}. "
+        f"Choose another {option}"
+    )
+
+
+# -- writing folders -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``path``; on success rename it onto ``path``.
+
+    Over an existing folder (checked with :func:`check_output` first) the old one is renamed to
+    ``.NAME.old`` and removed after the new one is in place, so a reader sees the old or the new
+    folder. On failure the temporary folder is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, default_dir_mode())  # mkdtemp makes it 0o700
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if path.is_dir():
+                os.replace(path, old)
+            else:
+                path.unlink()
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "training") -> Iterator[None]:
+    """Hold ``folder/.dymo.lock`` (an OS file lock: released if the process dies) while writing.
+    A second writer fails at once with an :class:`OutputError`."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputError(
+            f"{folder}: another dymo {what} is writing this folder right now (lock {folder / LOCK_FILE}); "
+            "wait for it to finish or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
