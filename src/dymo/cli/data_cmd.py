@@ -37,8 +37,11 @@ def build(
     options: dict[str, Any] = {
         k: v for k, v in {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test}.items() if v is not None
     }
+    from dymo.utils.artifact import check_output
+
     make_config(name, **options)  # reject bad names/options before drawing a progress bar
     target = dataset_dir(name, root)
+    check_output(target, "dataset", replace=True, option="dataset folder")  # never over a foreign folder
     if not force and is_built(name, root, **options):
         out_console.print(f"{name}: already built in {target} with these options (use --force to rebuild)")
         return
@@ -91,11 +94,17 @@ def show(
     rows: int = typer.Option(8, min=1, max=64, help="number of samples (rows)"),
     seed: int = typer.Option(0, help="which samples: a seeded random choice"),
     scenario: str = typer.Option("none", help="missing-modality scenario to draw, e.g. random:0.5"),
+    force: bool = typer.Option(False, "--force", help="replace an existing grid written by dymo"),
 ) -> None:
     """Plot a grid of samples: one row per sample, one column per modality, label in the row title."""
     from dymo.data.registry import load_dataset
     from dymo.data.scenarios import parse_scenario
+    from dymo.errors import ConfigError
+    from dymo.utils.artifact import check_output
 
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: the grid is a .png file")
+    check_output(out, "grid", force=force)
     ds = load_dataset(name, root)
     data = ds[split]
     n = min(rows, len(data))
@@ -140,6 +149,6 @@ def save_grid(ds: Any, batch: Any, observed: np.ndarray, out: Path) -> None:
     fig.tight_layout()
     out = Path(out)
     try:
-        atomic_replace_from(lambda tmp: fig.savefig(tmp, format="png", dpi=100), out)
+        atomic_replace_from(lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": "dymo"}), out)
     finally:
         plt.close(fig)

@@ -43,14 +43,21 @@ def train_recovery_cmd(
     threads: int | None = typer.Option(None, help="CPU threads for torch and BLAS (threadpoolctl)."),
     max_train_samples: int | None = typer.Option(None, help="Use only the first N training samples."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing recoverer in --out (never anything else)."),
 ) -> None:
     """Fit a recovery model on the training split and save it into the run folder."""
     import numpy as np
 
+    from dymo.cli.common import check_positive
     from dymo.recovery.registry import recoverer_class
+    from dymo.utils.artifact import check_output
 
     if model not in TRAINABLE:
         raise ConfigError(f"--model {model!r}: choose one of {', '.join(TRAINABLE)}")
+    for value, option in ((epochs, "--epochs"), (threads, "--threads"), (max_train_samples, "--max-train-samples")):
+        check_positive(value, option)
+    # A folder with only an interrupted fit's checkpoint is resumed; a finished one needs --force.
+    check_output(out, "recoverer", force=force, replace=not (out / "config.json").exists())
     _limit_threads(threads)
     cls = recoverer_class(model)  # mopoe: imported lazily from dymo.recovery.mopoe
     overrides = _parse_sets(set_)
@@ -106,6 +113,11 @@ def recovery_report_cmd(
     if max_samples:
         test = test.subset(np.arange(min(max_samples, len(test))))
     clf_dir = classifier or run / CLASSIFIER_DIR
+    from dymo.cli.common import check_positive
+    from dymo.utils.artifact import check_output
+
+    check_positive(batch_size, "--batch-size")
+    check_output(clf_dir, "classifier", replace=True, option="--classifier")
     if (clf_dir / "config.json").exists():
         clf = UnimodalClassifier.load(clf_dir)
         if list(clf.modalities) != list(test.modalities):

@@ -46,8 +46,9 @@ On disk a fitted recoverer is a folder::
 
 from __future__ import annotations
 
-import hashlib
+import contextvars
 import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -65,6 +66,8 @@ from dymo.errors import BundleError, ConfigError, DataError
 from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
 
 FORMAT_VERSION = 1
+#: Set while a recoverer is saved self-contained: TrainingData copies its files in.
+_SELF_CONTAINED: contextvars.ContextVar[bool] = contextvars.ContextVar("dymo_self_contained_save", default=False)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -223,13 +226,25 @@ class Recoverer(ABC):
         if kwargs:
             raise ConfigError(f"{self.name}: load() got unexpected arguments {sorted(kwargs)}")
 
-    def save(self, path_dir: str | os.PathLike) -> Path:
-        """Write the fitted recoverer to a folder (config.json + weights.safetensors)."""
+    def save(self, path_dir: str | os.PathLike, self_contained: bool = False) -> Path:
+        """Write the fitted recoverer to a folder (config.json + weights.safetensors).
+
+        ``path_dir`` must be new, empty or a saved recoverer (an OutputError otherwise: a backbone
+        run or a user's folder is never written into). ``self_contained``: copy the training rows
+        a recoverer returns into the folder instead of referencing the dataset's files, so the
+        folder works wherever it is copied (bundles)."""
+        from dymo.utils.artifact import check_output
+
         self._check_fitted()
         path = Path(path_dir)
+        check_output(path, "recoverer", replace=True, option="recoverer folder")
         path.mkdir(parents=True, exist_ok=True)
         tensors = self.state()
-        extra = self.extra_state(path)
+        token = _SELF_CONTAINED.set(self_contained)
+        try:
+            extra = self.extra_state(path)
+        finally:
+            _SELF_CONTAINED.reset(token)
         if tensors:
             save_tensors(path / WEIGHTS_FILE, tensors, metadata={"kind": self.name})
         elif (path / WEIGHTS_FILE).exists():
@@ -402,12 +417,9 @@ class TrainingData:
 
     @staticmethod
     def fingerprint(array: np.ndarray) -> str:
-        n = len(array)
-        rows = np.unique(np.linspace(0, n - 1, num=min(n, 1024)).round().astype(np.int64))
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{array.shape}|{np.dtype(array.dtype).str}".encode())
-        h.update(np.ascontiguousarray(np.asarray(array[rows])).tobytes())
-        return h.hexdigest()
+        from dymo.utils.artifact import array_fingerprint
+
+        return array_fingerprint(array)
 
     @staticmethod
     def _file_of(array: np.ndarray) -> Path | None:
@@ -453,7 +465,14 @@ class TrainingData:
                 "fingerprint": self.fingerprint(arr),
             }
             f = self._file_of(arr)
-            if f is not None:
+            if f is not None and _SELF_CONTAINED.get():
+                # A copy travels with the folder (bundles); referenced relative to the folder.
+                local = path / "train_data" / f"{s.name}.npy"
+                local.parent.mkdir(parents=True, exist_ok=True)
+                if not local.exists() or local.resolve() != f:
+                    shutil.copyfile(f, local)
+                entry["file"] = local.relative_to(path).as_posix()
+            elif f is not None:
                 entry["file"] = os.path.relpath(f, path.resolve())
             else:
                 embedded[s.name] = torch.from_numpy(np.ascontiguousarray(np.asarray(arr)))

@@ -14,7 +14,7 @@ kind               recognised by
 ``benchmark``      ``benchmark.json`` or ``cells/``
 ``calibration``    a safetensors file whose metadata says ``kind: dymo-calibration``
 ``predictions``    a ``.csv`` whose header is dymo's, or a ``.json`` list of prediction records
-``metrics``        a ``.json`` written by ``dymo evaluate --out`` (``{"format", "kind": "metrics"}``)
+``metrics``        a ``.json`` written by ``dymo evaluate --out`` (``{method: {"accuracy": ...}}``)
 ``grid``           a ``.png`` carrying ``Software: dymo`` in its metadata
 =================  ==============================================================
 
@@ -68,6 +68,19 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def array_fingerprint(array: Any) -> str:
+    """A fast fingerprint of an array: shape, dtype and up to 1024 evenly spaced rows (blake2b).
+    A sample, not a full hash, so that opening a large memory-mapped dataset stays fast."""
+    import numpy as np
+
+    n = len(array)
+    rows = np.unique(np.linspace(0, n - 1, num=min(n, 1024)).round().astype(np.int64))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{array.shape}|{np.dtype(array.dtype).str}".encode())
+    h.update(np.ascontiguousarray(np.asarray(array[rows])).tobytes())
+    return h.hexdigest()
+
+
 def file_hashes(folder: str | os.PathLike, skip: Iterable[str] = ()) -> dict[str, str]:
     """``{relative posix path: sha256}`` of every regular file under ``folder``; hidden files
     (temporaries, the lock) and the names in ``skip`` are left out."""
@@ -95,8 +108,8 @@ def verify_files(folder: str | os.PathLike, expected: Mapping[str, str], skip: I
             raise BundleError(f"{p}: file missing (listed in the manifest)")
         if sha256_file(p) != digest:
             raise BundleError(
-                f"{p}: sha256 differs from the manifest; the file was changed or damaged after it was written. "
-                "Rebuild the bundle (or pass --no-verify to load it anyway)"
+                f"{p}: truncated or corrupt: its sha256 differs from the manifest (changed or damaged after it was "
+                "written); rebuild the bundle (or pass --no-verify to load it anyway)"
             )
     found = file_hashes(root, skip=skip)
     extra = sorted(set(found) - set(expected))
@@ -127,6 +140,8 @@ def _identify_dir(path: Path) -> str | None:
     for kind, marker in MARKERS.items():
         if marker in names:
             return kind
+    if names == {"mopoe_checkpoint.safetensors"}:
+        return "recoverer"  # a MoPoE fit interrupted before its first save (resumable)
     if "cells" in names and (path / "cells").is_dir():
         return "benchmark"
     if "config.json" in names:
@@ -168,6 +183,8 @@ def _identify_file(path: Path) -> str | None:
             obj = _json_or_none(path)
             if isinstance(obj, list) and all(isinstance(r, dict) and {"sample", "status"} <= set(r) for r in obj):
                 return "predictions"
+            if isinstance(obj, dict) and obj and all(isinstance(v, dict) and "accuracy" in v for v in obj.values()):
+                return "metrics"  # {method: metrics} from `dymo evaluate --out`
             if isinstance(obj, dict) and obj.get("format") == ARTIFACT_FORMAT and isinstance(obj.get("kind"), str):
                 return obj["kind"]
             return None

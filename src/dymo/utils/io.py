@@ -8,9 +8,11 @@ killed writer leaves the old file or the new one, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,7 +102,20 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_replace_from(lambda tmp: save_file(tensors, tmp, metadata=metadata), path)
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors reports a failed write as its own error type
+            code = re.search(r"code: (\d+)", str(e))
+            if code is None and "os error" not in str(e).lower() and "ioerror" not in str(e).lower():
+                raise
+            num = int(code.group(1)) if code else errno.EIO
+            raise OSError(num, os.strerror(num), str(path)) from None
+
+    atomic_replace_from(write, path)
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
