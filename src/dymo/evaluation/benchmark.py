@@ -326,6 +326,42 @@ class Models:
         self._recoverers: dict[str, Recoverer] = {}
         self._baselines: dict[str, Any] = {}
         self.info: dict[str, str] = {}
+        self._file_sha: dict[tuple[str, int, int], str] = {}
+
+    # -- provenance: the hashes of the models a cell uses (its results are reused only with them)
+    def _sha(self, path: Path) -> str | None:
+        from dymo.utils.artifact import sha256_file
+
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        if key not in self._file_sha:
+            self._file_sha[key] = sha256_file(path)
+        return self._file_sha[key]
+
+    def _folder_sha(self, folder: Path, names: Sequence[str]) -> str | None:
+        from dymo.utils.artifact import sha256_json
+
+        if not (folder / names[0]).exists():
+            return None
+        return sha256_json({n: self._sha(folder / n) for n in names})
+
+    def model_hashes(self, cell: Cell) -> dict[str, str | None]:
+        """sha256 of the weights behind ``cell``: its backbone (or baseline) and its recoverer."""
+        m = cell.method
+        out: dict[str, str | None] = {}
+        if m.kind == "selection" or m.base in FROM_BACKBONE:
+            metric = m.metric if m.kind == "selection" else self.config.metrics[0]
+            out["backbone"] = self._sha(self.backbone_source(metric) / "backbone.safetensors")  # type: ignore[arg-type]
+        else:
+            out["baseline"] = self._folder_sha(self.folder / f"baseline-{m.base}", ["config.json", "weights.safetensors"])
+        if cell.recoverer != NO_RECOVERY and not cell.recoverer.startswith("oracle["):
+            source = self.recovery_sources.get(cell.recoverer, "")
+            folder = self.folder / f"recovery-{source.split(':', 1)[1]}" if source.startswith("trained:") else Path(source)
+            out["recoverer"] = self._folder_sha(folder, ["config.json", "weights.safetensors", "train_data.safetensors"])
+        return out
 
     # where things come from (recorded in benchmark.json; a rerun must agree)
     def sources(self) -> dict[str, str]:
@@ -389,14 +425,22 @@ class Models:
         run = self.backbone_source(metric)
         own = run / "calibration.safetensors"
         path = own if (own.exists() or metric not in self.backbone_runs) else self.folder / f"calibration-{metric}.safetensors"
-        if path.exists():
-            cal = Calibration.load(path)
+        cal = Calibration.load(path) if path.exists() else None
+        if cal is not None:
+            try:
+                cal.check_backbone(run / "backbone.safetensors", path)
+            except BundleError as e:
+                # The backbone was retrained after this calibration: recompute (never into a reused run).
+                self.log(f"{e}; recomputing it")
+                path = path if metric not in self.backbone_runs else self.folder / f"calibration-{metric}.safetensors"
+                cal = None
+        if cal is not None:
             self.info[f"calibration {metric}"] = f"{path}"
         else:
             train = self.data["train"]
             self.log(f"calibrating the {metric} backbone on {len(train)} training samples -> {path}")
             cal = compute_calibration(self.backbone(metric), train, batch_size=self.config.calibration_batch_size, progress=self.progress)
-            cal.save(path)
+            cal.save(path, backbone_sha256=self._sha(run / "backbone.safetensors"))
             self.info[f"calibration {metric}"] = f"computed here on {len(train)} training samples ({path})"
         self._calibrations[metric] = cal
         return cal
@@ -688,7 +732,7 @@ def _auc(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float |
 # -- cells on disk -------------------------------------------------------------------------------
 
 
-def _write_cell(folder: Path, cell: Cell, metrics: MethodMetrics) -> None:
+def _write_cell(folder: Path, cell: Cell, metrics: MethodMetrics, models: dict[str, str | None]) -> None:
     write_json(
         folder / cell.filename(),
         {
@@ -700,12 +744,15 @@ def _write_cell(folder: Path, cell: Cell, metrics: MethodMetrics) -> None:
             "scenario": cell.scenario,
             "seed": cell.seed,
             "recoverer": cell.recoverer,
+            "models": models,
             "metrics": metrics.to_dict(),
         },
     )
 
 
-def _read_cell(folder: Path, cell: Cell) -> dict[str, Any] | None:
+def _read_cell(folder: Path, cell: Cell, models: dict[str, str | None] | None = None) -> dict[str, Any] | None:
+    """A finished cell, if its file matches the cell and (``models`` given) was computed with
+    the models of these hashes; else None (recompute)."""
     path = folder / cell.filename()
     if not path.exists():
         return None
@@ -716,6 +763,9 @@ def _read_cell(folder: Path, cell: Cell) -> dict[str, Any] | None:
         return None
     if not isinstance(d, dict) or d.get("format") != CELL_FORMAT or (d.get("method"), d.get("scenario"), d.get("seed"), d.get("recoverer")) != cell.key:
         log.warning("%s: cell file does not match its cell; it will be recomputed", path)
+        return None
+    if models is not None and (None in models.values() or d.get("models") != models):
+        log.info("%s: computed with other models (a model was retrained since); it will be recomputed", path)
         return None
     return d
 
@@ -781,7 +831,7 @@ def run_benchmark(
     ]
     cells_dir = out / "cells"
     wanted = list(dict.fromkeys(cells + sweep_cells))
-    done = {c.key: d for c in wanted if (d := _read_cell(cells_dir, c)) is not None}
+    done = {c.key: d for c in wanted if (d := _read_cell(cells_dir, c, models.model_hashes(c))) is not None}
     pending = [c for c in wanted if c.key not in done]
     say(f"{len(wanted)} cells: {len(done)} finished, {len(pending)} to compute")
 
@@ -806,7 +856,7 @@ def run_benchmark(
             bar.reset(t_batch, total=len(test), visible=True, description=f"  {scenario} seed {seed}: {len(group)} cells")
             results = _evaluate_group(scenario, seed, group, models, test, config.batch_size, lambda k: bar.advance(t_batch, k))
             for c in group:
-                _write_cell(cells_dir, c, results[c.key])
+                _write_cell(cells_dir, c, results[c.key], models.model_hashes(c))
                 done[c.key] = _read_cell(cells_dir, c)  # type: ignore[assignment]
             bar.advance(t_cells, len(group))
         bar.update(t_batch, visible=False)
