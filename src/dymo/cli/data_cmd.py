@@ -45,15 +45,23 @@ def build(
     if not force and is_built(name, root, **options):
         out_console.print(f"{name}: already built in {target} with these options (use --force to rebuild)")
         return
-    with Progress(
-        TextColumn(f"building {name}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=out_console
-    ) as bar:
-        task = bar.add_task("build", total=None)
+    created = not target.exists()
+    try:
+        with Progress(
+            TextColumn(f"building {name}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=out_console
+        ) as bar:
+            task = bar.add_task("build", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
 
-        ds = build_dataset(name, root, progress=progress, **options)
+            ds = build_dataset(name, root, progress=progress, **options)
+    except BaseException:
+        if created:  # a failed or interrupted build leaves nothing behind
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     sizes = ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items())
     out_console.print(f"{name}: {sizes} -> {target}")
 

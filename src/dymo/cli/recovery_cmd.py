@@ -50,7 +50,7 @@ def train_recovery_cmd(
 
     from dymo.cli.common import check_positive
     from dymo.recovery.registry import recoverer_class
-    from dymo.utils.artifact import check_output
+    from dymo.utils.artifact import check_output, staged_dir
 
     if model not in TRAINABLE:
         raise ConfigError(f"--model {model!r}: choose one of {', '.join(TRAINABLE)}")
@@ -75,8 +75,19 @@ def train_recovery_cmd(
     if device != "cpu":
         rec.to(device)
     kwargs = {"run_dir": out} if "run_dir" in inspect.signature(rec.fit).parameters else {}
-    rec.fit(train, progress=progress, **kwargs)
-    rec.save(out)
+    created = not out.exists()
+    try:
+        rec.fit(train, progress=progress, **kwargs)
+        with staged_dir(out) as tmp:  # complete or absent; with --force the old recoverer goes whole
+            rec.save(tmp)
+    except KeyboardInterrupt:
+        raise  # an interrupted neural fit keeps its checkpoint in --out, to resume
+    except BaseException:
+        if created:  # a failed fit leaves nothing behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     console.print(f"saved [bold]{model}[/] recoverer to {out}")
 
 
