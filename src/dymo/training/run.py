@@ -229,7 +229,7 @@ def check_trainer_options(accelerator: str, devices: int | str, strategy: str, n
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         low = msg.lower()
         values = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "precision": precision}
-        named = [k for k in values if k in low] or list(values)
+        named = [k for k, v in values.items() if k in low or (len(str(v)) >= 3 and str(v).lower() in low)] or list(values)
         opts = ", ".join(f"--{k} {values[k]!r}" for k in named)
         raise ConfigError(f"{opts}: {msg}") from None
 
@@ -283,7 +283,7 @@ def train_backbone(
     existed = run.exists() and any(not p.name.startswith(".") for p in run.iterdir())
     if not child:
         # Everything is checked before anything is written.
-        check_output(run, "backbone-run", replace=resume or force, option="run folder")
+        check_output(run, "backbone-run", replace=True, option="run folder")  # never a foreign folder
         if existed and not resume and not force:
             raise ConfigError(f"{run}: holds a backbone run already; pass --resume to continue it or --force to replace it")
         if resume and existed:
@@ -401,7 +401,10 @@ def _fit_and_export(
     train_seconds = time.perf_counter() - t0
     if trainer.global_rank != 0:
         return run
-    best_path = best_cb.best_model_path or str(last)
+    # The best checkpoint of THIS folder (a copied run's resumed callback state names the folder
+    # it was copied from).
+    best_name = Path(best_cb.best_model_path).name if best_cb.best_model_path else ""
+    best_path = str(ckpt_dir / best_name) if best_name and (ckpt_dir / best_name).exists() else str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
     weights = module.backbone.state_dict()
