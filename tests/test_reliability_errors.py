@@ -448,7 +448,7 @@ def test_run_folder_with_truncated_weights(setup, tmp_path):
     assert load_backbone(run).modalities == setup[0].modalities
     w = run / "backbone.safetensors"
     w.write_bytes(w.read_bytes()[:300])
-    with pytest.raises(BundleError, match="backbone.safetensors: truncated or corrupt weights file"):
+    with pytest.raises(BundleError, match="backbone.safetensors: truncated or corrupt weights"):
         load_backbone(run)
 
 

@@ -39,7 +39,7 @@ from dymo.selection.selector import (
     SelectionResult,
     select_with_backbone,
 )
-from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
+from dymo.utils.io import save_tensors, write_json
 
 BUNDLE_FORMAT = 1
 
@@ -145,6 +145,7 @@ class DyMoClassifier:
         ``bundle.json`` lists the sha256 of every file, checked by :meth:`from_pretrained`."""
         from dymo.utils.artifact import (
             check_output,
+            component_manifest,
             file_hashes,
             made_from,
             sha256_json,
@@ -160,21 +161,20 @@ class DyMoClassifier:
             files = file_hashes(tmp)
             write_json(
                 tmp / "bundle.json",
-                {
-                    "format": BUNDLE_FORMAT,
-                    "kind": "bundle",
-                    "dymo_version": dymo.__version__,
-                    "specs": specs_to_list(self.specs),
-                    "class_names": self.class_names,
-                    "backbone": self.backbone.config.to_dict(),
-                    "selection": self.selection.to_dict(),
-                    "made_from": made_from(
+                component_manifest(
+                    "bundle", "bundle",
+                    specs=specs_to_list(self.specs),
+                    class_names=self.class_names,
+                    backbone=self.backbone.config.to_dict(),
+                    selection=self.selection.to_dict(),
+                    made_from=made_from(
                         backbone_sha256=files["backbone.safetensors"],
                         calibration_backbone_sha256=self.calibration.backbone_sha256,
                         recoverer_sha256=sha256_json({k: v for k, v in files.items() if k.startswith("recovery/")}),
+                        recoverer_data_fingerprint=getattr(self.recoverer, "made_from", {}).get("data_fingerprint"),
                     ),
-                    "files": files,
-                },
+                    files=files,
+                ),
             )
         return path
 
@@ -183,7 +183,7 @@ class DyMoClassifier:
         """Load a bundle. ``verify``: check every file against the sha256 in ``bundle.json``
         (a damaged or edited file is a BundleError); skip it for speed only on trusted copies."""
         from dymo.recovery.registry import load_recoverer
-        from dymo.utils.artifact import verify_files
+        from dymo.utils.artifact import load_weights, read_manifest, verify_files
 
         path = Path(path)
         meta_path = path / "bundle.json"
@@ -194,22 +194,10 @@ class DyMoClassifier:
             path, meta_path = previous, previous / "bundle.json"
         if not meta_path.exists():
             raise BundleError(f"{path}: not a dymo bundle (no bundle.json; an interrupted save leaves none)")
-        try:
-            meta = read_json(meta_path)
-        except ValueError as e:
-            raise BundleError(f"{meta_path}: corrupt JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise BundleError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{meta_path}: bundle format {meta.get('format')!r}, this dymo reads {BUNDLE_FORMAT}")
-        if meta.get("dymo_version") != dymo.__version__:
-            raise BundleError(
-                f"{path}: bundle written by dymo {meta.get('dymo_version')!r}; this is dymo {dymo.__version__}. "
-                "Install that version or rebuild the bundle."
-            )
-        for key, typ in (("specs", list), ("class_names", list), ("backbone", dict), ("selection", dict)):
-            if not isinstance(meta.get(key), typ):
-                raise BundleError(f"{meta_path}: key {key!r} missing or not a JSON {'list' if typ is list else 'object'}")
+        meta = read_manifest(
+            path, "bundle", file="bundle.json", what="bundle",
+            required={"specs": list, "class_names": list, "backbone": dict, "selection": dict},
+        )
         if verify:
             if not isinstance(meta.get("files"), dict):
                 raise BundleError(f"{meta_path}: no file manifest (bundle from an older dymo); rebuild it, or load with --no-verify")
@@ -221,12 +209,7 @@ class DyMoClassifier:
         except (DymoError, KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{meta_path}: malformed bundle description ({e})") from None
         w = path / "backbone.safetensors"
-        try:
-            state = load_tensors(w)
-        except FileNotFoundError:
-            raise BundleError(f"{w}: file missing") from None
-        except Exception as e:
-            raise BundleError(f"{w}: truncated or corrupt weights ({e})") from None
+        state = load_weights(w)
         try:
             backbone.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -63,7 +63,8 @@ from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
+from dymo.utils.artifact import component_manifest, dataset_fingerprint, load_weights, read_manifest
+from dymo.utils.io import load_tensors, save_tensors, write_json
 
 FORMAT_VERSION = 1
 #: Set while a recoverer is saved self-contained: TrainingData copies its files in.
@@ -107,6 +108,8 @@ class Recoverer(ABC):
         self.specs: list[ModalitySpec] = []
         self.class_names: list[str] = []
         self.fitted = False
+        #: what it was fitted on (the training data's fingerprint), recorded in its config.json
+        self.made_from: dict[str, Any] = {}
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -128,6 +131,7 @@ class Recoverer(ABC):
             raise DataError(f"{self.name}: fit needs a MultimodalDataset, got {type(train).__name__}")
         self.specs = list(train.specs)
         self.class_names = list(train.class_names)
+        self.made_from = {"data_fingerprint": dataset_fingerprint(train)}
         self._fit(train, progress)
         self.fitted = True
         return self
@@ -251,14 +255,10 @@ class Recoverer(ABC):
             (path / WEIGHTS_FILE).unlink()
         write_json(
             path / CONFIG_FILE,
-            {
-                "format": FORMAT_VERSION,
-                "kind": self.name,
-                "config": self.config.to_dict(),
-                "specs": specs_to_list(self.specs),
-                "class_names": list(self.class_names),
-                "extra": extra,
-            },
+            component_manifest(
+                "recoverer", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
+                class_names=list(self.class_names), made_from=self.made_from, extra=extra,
+            ),
         )
         return path
 
@@ -281,13 +281,9 @@ class Recoverer(ABC):
         obj = cls(config=config)
         obj.specs = specs_from_list(meta["specs"])
         obj.class_names = list(meta.get("class_names", []))
-        tensors: dict[str, torch.Tensor] = {}
+        obj.made_from = dict(meta.get("made_from") or {})
         wpath = path / WEIGHTS_FILE
-        if wpath.exists():
-            try:
-                tensors = load_tensors(wpath)
-            except Exception as e:  # safetensors raises its own error types
-                raise BundleError(f"{wpath}: truncated or corrupt weights ({e})") from None
+        tensors: dict[str, torch.Tensor] = load_weights(wpath) if wpath.exists() else {}
         if train is not None and cls.uses_training_data:
             kwargs["train"] = train
         obj._load_state(tensors, meta.get("extra", {}), path, **kwargs)
@@ -296,20 +292,8 @@ class Recoverer(ABC):
 
 
 def read_recoverer_meta(path: Path) -> dict[str, Any]:
-    """Read and check a recoverer folder's ``config.json`` (format, kind present)."""
-    cfg = Path(path) / CONFIG_FILE
-    if not cfg.exists():
-        raise BundleError(f"{path}: no {CONFIG_FILE}; not a saved recoverer (or its save did not finish)")
-    try:
-        meta = read_json(cfg)
-    except ValueError as e:
-        raise BundleError(f"{cfg}: corrupt JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise BundleError(f"{cfg}: recoverer format {meta.get('format') if isinstance(meta, dict) else None!r}, this dymo reads {FORMAT_VERSION}")
-    for key in ("kind", "config", "specs"):
-        if key not in meta:
-            raise BundleError(f"{cfg}: key {key!r} missing")
-    return meta
+    """Read and check a recoverer folder's ``config.json`` (see :func:`dymo.utils.artifact.read_manifest`)."""
+    return read_manifest(path, "recoverer", required={"kind": str, "config": dict, "specs": list})
 
 
 def require_complete(train: MultimodalDataset, who: str, why: str) -> None:

@@ -35,7 +35,8 @@ from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
-from dymo.utils.io import atomic_write, load_tensors, read_json, save_tensors, write_json
+from dymo.utils.artifact import component_manifest, load_weights, read_manifest
+from dymo.utils.io import atomic_write, save_tensors, write_json
 
 log = logging.getLogger("dymo.recovery")
 
@@ -215,13 +216,9 @@ class UnimodalClassifier(nn.Module):
         save_tensors(path / "weights.safetensors", dict(self.state_dict()))
         write_json(
             path / "config.json",
-            {
-                "format": 1,
-                "kind": CLASSIFIER_KIND,
-                "config": self.config.to_dict(),
-                "specs": specs_to_list(self.specs),
-                "class_names": self.class_names,
-            },
+            component_manifest(
+                "classifier", CLASSIFIER_KIND, config=self.config.to_dict(), specs=specs_to_list(self.specs), class_names=self.class_names,
+            ),
         )
         return path
 
@@ -229,16 +226,11 @@ class UnimodalClassifier(nn.Module):
     def load(cls, path_dir: str | os.PathLike) -> UnimodalClassifier:
         path = Path(path_dir)
         cfg_path = path / "config.json"
-        if not cfg_path.exists():
-            raise BundleError(f"{path}: no config.json; not a saved unimodal classifier")
-        meta = read_json(cfg_path)
-        if meta.get("kind") != CLASSIFIER_KIND or meta.get("format") != 1:
-            raise BundleError(f"{cfg_path}: not a format-1 {CLASSIFIER_KIND} (kind {meta.get('kind')!r})")
+        meta = read_manifest(path, "classifier", required={"kind": str, "config": dict, "specs": list, "class_names": list}, what="unimodal classifier")
+        if meta["kind"] != CLASSIFIER_KIND:
+            raise BundleError(f"{cfg_path}: not a {CLASSIFIER_KIND} (kind {meta.get('kind')!r})")
         model = cls(specs_from_list(meta["specs"]), meta["class_names"], UnimodalConfig.from_dict(meta["config"]))
-        try:
-            tensors = load_tensors(path / "weights.safetensors")
-        except Exception as e:
-            raise BundleError(f"{path / 'weights.safetensors'}: missing, truncated or corrupt ({e})") from None
+        tensors = load_weights(path / "weights.safetensors")
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:

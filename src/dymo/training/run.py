@@ -38,7 +38,8 @@ from dymo.data.dataset import MultimodalDataset, SplitDataset, _identity
 from dymo.data.specs import specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DymoError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
-from dymo.utils.io import atomic_replace_from, load_tensors, read_json, save_tensors, write_json
+from dymo.utils.artifact import component_manifest, load_weights, read_manifest
+from dymo.utils.io import atomic_replace_from, save_tensors, write_json
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +271,7 @@ def train_backbone(
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     config = {
-        "dymo_version": dymo.__version__,
-        "kind": "backbone",
+        **component_manifest("backbone-run", "backbone"),
         "data": data_ref or {"name": data.name},
         "data_fingerprint": data_fingerprint(data),
         "specs": specs_to_list(data.specs),
@@ -427,22 +427,15 @@ def _fit_and_export(
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A run folder's ``config.json``, checked for the keys dymo reads (BundleError naming the file)."""
+    """A run folder's ``config.json``, checked like every manifest (format, version, the keys dymo
+    reads; BundleError naming the file)."""
     run = Path(run_dir)
-    cfg_path = run / "config.json"
-    if not cfg_path.exists():
-        raise BundleError(f"{run}: not a backbone run folder (no config.json from `dymo train backbone`)")
-    try:
-        cfg = read_json(cfg_path)
-    except ValueError as e:
-        raise BundleError(f"{cfg_path}: corrupt JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise BundleError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
-    for key, typ in (("specs", list), ("class_names", list), ("backbone", dict), ("data", dict)):
-        if not isinstance(cfg.get(key), typ):
-            raise BundleError(f"{cfg_path}: key {key!r} missing or not a JSON {'list' if typ is list else 'object'}; not a backbone run config")
+    cfg = read_manifest(
+        run, "backbone-run", required={"specs": list, "class_names": list, "backbone": dict, "data": dict},
+        what="backbone run (from `dymo train backbone`)",
+    )
     if not isinstance(cfg["data"].get("name"), str):
-        raise BundleError(f"{cfg_path}: 'data' has no dataset 'name'")
+        raise BundleError(f"{run / 'config.json'}: 'data' has no dataset 'name'")
     return cfg
 
 
@@ -453,13 +446,8 @@ def load_backbone(run_dir: str | os.PathLike, map_location: str = "cpu") -> Flex
     if not cfg_path.exists() or not w_path.exists():
         raise BundleError(f"{run}: not a trained backbone run (needs config.json and backbone.safetensors)")
     cfg = read_run_config(run)
-    if cfg.get("dymo_version") != dymo.__version__:
-        raise BundleError(f"{run}: written by dymo {cfg.get('dymo_version')!r}, this is dymo {dymo.__version__}; retrain or use that version")
     model = FlexibleBackbone(specs_from_list(cfg["specs"]), len(cfg["class_names"]), BackboneConfig.from_dict(cfg["backbone"]))
-    try:
-        state = load_tensors(w_path)
-    except Exception as e:  # safetensors raises its own error types for truncated files
-        raise BundleError(f"{w_path}: truncated or corrupt weights file ({e})") from None
+    state = load_weights(w_path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

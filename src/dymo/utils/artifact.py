@@ -81,6 +81,13 @@ def array_fingerprint(array: Any) -> str:
     return h.hexdigest()
 
 
+def dataset_fingerprint(dataset: Any) -> str:
+    """The fingerprint of a :class:`~dymo.data.dataset.MultimodalDataset`: its arrays and labels."""
+    parts = {name: array_fingerprint(arr) for name, arr in sorted(dataset.arrays.items())}
+    parts["__labels__"] = array_fingerprint(dataset.labels)
+    return sha256_json(parts)
+
+
 def file_hashes(folder: str | os.PathLike, skip: Iterable[str] = ()) -> dict[str, str]:
     """``{relative posix path: sha256}`` of every regular file under ``folder``; hidden files
     (temporaries, the lock) and the names in ``skip`` are left out."""
@@ -120,6 +127,73 @@ def verify_files(folder: str | os.PathLike, expected: Mapping[str, str], skip: I
 def made_from(**parts: Any) -> dict[str, Any]:
     """The ``made_from`` record of a manifest, e.g. ``made_from(backbone_sha256=..., data=...)``."""
     return {k: v for k, v in parts.items() if v is not None}
+
+
+# -- the component manifest: one format, one version policy, one corrupt-file message ------------
+
+
+def component_manifest(artifact: str, kind: str, **fields: Any) -> dict[str, Any]:
+    """The ``config.json`` (or ``bundle.json``) of a component: ``format``, ``artifact`` (the
+    family: backbone-run, recoverer, baseline, classifier, bundle), ``kind`` (e.g. the recoverer
+    name), ``dymo_version``, then ``fields`` (config, specs, class_names, made_from, ...)."""
+    import dymo
+
+    return {"format": ARTIFACT_FORMAT, "artifact": artifact, "kind": kind, "dymo_version": dymo.__version__, **fields}
+
+
+def read_manifest(
+    folder: str | os.PathLike,
+    artifact: str,
+    *,
+    file: str = "config.json",
+    required: Mapping[str, type] | Iterable[str] = (),
+    what: str | None = None,
+) -> dict[str, Any]:
+    """Read and check a component's manifest, the same way for every artefact: present, valid
+    JSON, an object, a format this dymo reads, written by this dymo version (when recorded), of
+    the expected family, with the ``required`` keys (and types). BundleError naming the file."""
+    import dymo
+
+    folder = Path(folder)
+    what = what or artifact
+    path = folder / file
+    if not path.exists():
+        raise BundleError(f"{folder}: no {file}; not a saved {what} (or its save did not finish)")
+    try:
+        meta = read_json(path)
+    except ValueError as e:
+        raise BundleError(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(meta).__name__}; not a saved {what}")
+    fmt = meta.get("format", ARTIFACT_FORMAT)  # the first backbone runs recorded none
+    if fmt != ARTIFACT_FORMAT:
+        raise BundleError(f"{path}: {what} format {fmt!r}, this dymo reads {ARTIFACT_FORMAT}")
+    family = meta.get("artifact", artifact)
+    if family != artifact:
+        raise BundleError(f"{path}: holds a dymo {family}, not {_article(artifact)} {artifact}")
+    version = meta.get("dymo_version")
+    if version is not None and version != dymo.__version__:
+        raise BundleError(
+            f"{folder}: {what} written by dymo {version!r}; this is dymo {dymo.__version__}. Install that version or rebuild it."
+        )
+    types = required if isinstance(required, Mapping) else {k: object for k in required}
+    for key, typ in types.items():
+        if key not in meta or not isinstance(meta[key], typ):
+            kind = "" if typ is object else f" or not a JSON {'list' if typ is list else 'object' if typ is dict else 'string'}"
+            raise BundleError(f"{path}: key {key!r} missing{kind}; not a saved {what}")
+    return meta
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """A component's safetensors weights; BundleError naming the file when missing or damaged."""
+    from dymo.utils.io import load_tensors
+
+    try:
+        return load_tensors(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: file missing") from None
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise BundleError(f"{path}: truncated or corrupt weights ({e})") from None
 
 
 # -- recognising artefacts -----------------------------------------------------------------------
