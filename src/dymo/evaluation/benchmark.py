@@ -401,7 +401,7 @@ class Models:
             _quiet_lightning()
             train_backbone(
                 self.data, run, bcfg, tcfg, data_ref={"name": self.data.name}, progress=self.progress,
-                resume=(run / "checkpoints" / "last.ckpt").exists(), evaluate_test=False,
+                resume=run.exists(), evaluate_test=False,  # continues an interrupted one
             )
             self.info[f"backbone {metric}"] = f"trained here into {run}" + _run_scale(run)
         else:
