@@ -56,6 +56,12 @@ def train_recovery_cmd(
         raise ConfigError(f"--model {model!r}: choose one of {', '.join(TRAINABLE)}")
     for value, option in ((epochs, "--epochs"), (threads, "--threads"), (max_train_samples, "--max-train-samples")):
         check_positive(value, option)
+    try:
+        dev = __import__("torch").device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r}: {e}") from None
+    if dev.type == "cuda" and not __import__("torch").cuda.is_available():
+        raise ConfigError(f"--device {device!r}: no CUDA device is available on this machine")
     # A folder with only an interrupted fit's checkpoint is resumed; a finished one needs --force.
     check_output(out, "recoverer", force=force, replace=not (out / "config.json").exists())
     _limit_threads(threads)
