@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from dymo.cli.common import check_positive, check_unique, console, friendly_errors
-from dymo.cli.main import app
 from dymo.errors import ConfigError
+
+app = typer.Typer()  # calibrate / evaluate / predict / bundle, added to the root by dymo.cli.main
 
 CALIBRATION_FILE = "calibration.safetensors"
 
