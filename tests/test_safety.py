@@ -206,6 +206,47 @@ def test_other_outputs_over_a_user_file_are_refused(world, tmp_path, command):
     assert out.read_bytes() == b"user data"
 
 
+@pytest.mark.parametrize("command", ["data-build", "benchmark"])
+def test_dataset_and_benchmark_folders_over_a_user_folder_are_refused(world, tmp_path, command):
+    target = tmp_path / ("polymnist-small" if command == "data-build" else "bench")
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    if command == "data-build":
+        res = _cli("data", "build", "polymnist-small", "--root", tmp_path, "--n-train", "20", "--n-val", "10", "--n-test", "10", "--force")
+        _cli_error(res, f"dataset folder {target}: holds files dymo did not write")
+    else:
+        res = _cli("benchmark", "--data", world.root / "data", "--out", target, "--methods", "discard", "--recovery", "mean", "--no-progress")
+        _cli_error(res, f"--out {target}: holds files dymo did not write")
+    assert _tree(target) == {"keep.txt": b"mine"}
+
+
+def test_every_artefact_kind_is_recognised_and_nothing_else(world, tmp_path):
+    from dymo.utils.artifact import check_output
+
+    grid = tmp_path / "g.png"
+    assert _cli("data", "show", world.root / "data", "--out", grid, "--rows", "2").exit_code == 0
+    metrics = tmp_path / "m.json"
+    assert _cli("evaluate", world.run, "--method", "discard", "--out", metrics).exit_code == 0
+    preds = tmp_path / "p.csv"
+    assert _cli("predict", world.bundle, world.inputs, "--out", preds).exit_code == 0
+    found = {
+        "backbone-run": world.run, "calibration": world.run / "calibration.safetensors", "recoverer": world.rec,
+        "bundle": world.bundle, "dataset": world.root / "data", "grid": grid, "metrics": metrics, "predictions": preds,
+    }
+    for kind, path in found.items():
+        assert identify(path) == kind, path
+        check_output(path, kind, force=True)  # the same kind may be replaced
+        for other in found:
+            if other != kind:
+                with pytest.raises(OutputError, match=f"holds an? dymo {kind}, not an? {other}"):
+                    check_output(path, other, force=True)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "user.json").write_text('{"accuracy": 1}')
+    (tmp_path / "user.csv").write_text("sample,label\n")
+    assert identify(tmp_path / "empty") == "" and identify(tmp_path / "nothing") == ""
+    assert identify(tmp_path / "user.json") is None and identify(tmp_path / "user.csv") is None
+
+
 # -- silent mix-ups ----------------------------------------------------------------------------------
 
 
