@@ -37,11 +37,14 @@ to ``config.json``) and ``config_class`` (a :class:`RecovererConfig` dataclass),
 
 On disk a fitted recoverer is a folder::
 
-    config.json          {"format": 1, "kind": name, "config": {...}, "specs": [...],
-                          "class_names": [...], "extra": {...}}
+    config.json          {"format": 1, "artifact": "recoverer", "kind": name, "dymo_version": ...,
+                          "config": {...}, "specs": [...], "class_names": [...],
+                          "made_from": {"data_fingerprint": ...}, "extra": {...}}
     weights.safetensors  state() (absent when state() is empty)
+    train_data/          (self-contained saves, e.g. in a bundle) the training rows it returns
 
-``config.json`` is written last, so its presence marks a complete save. No pickles.
+``config.json`` (the manifest, see :mod:`dymo.utils.artifact`) is written last, so its presence
+marks a complete save. No pickles.
 """
 
 from __future__ import annotations
@@ -63,7 +66,14 @@ from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.utils.artifact import component_manifest, dataset_fingerprint, load_weights, read_manifest
+from dymo.utils.artifact import (
+    array_fingerprint,
+    check_output,
+    component_manifest,
+    dataset_fingerprint,
+    load_weights,
+    read_manifest,
+)
 from dymo.utils.io import load_tensors, save_tensors, write_json
 
 FORMAT_VERSION = 1
@@ -237,8 +247,6 @@ class Recoverer(ABC):
         run or a user's folder is never written into). ``self_contained``: copy the training rows
         a recoverer returns into the folder instead of referencing the dataset's files, so the
         folder works wherever it is copied (bundles)."""
-        from dymo.utils.artifact import check_output
-
         self._check_fitted()
         path = Path(path_dir)
         check_output(path, "recoverer", replace=True, option="recoverer folder")
@@ -401,8 +409,6 @@ class TrainingData:
 
     @staticmethod
     def fingerprint(array: np.ndarray) -> str:
-        from dymo.utils.artifact import array_fingerprint
-
         return array_fingerprint(array)
 
     @staticmethod

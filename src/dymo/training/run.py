@@ -269,7 +269,7 @@ def train_backbone(
                         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         try:
             return _fit_and_export(
-                run, config, data, train_ds, backbone, train, module_cls=BackboneModule, resume=resume and existed and not force,
+                run, config, data, train_ds, backbone, train, resume=resume and existed and not force,
                 accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes, precision=precision,
                 progress=progress, tensorboard=tensorboard, evaluate_test=evaluate_test, write=not child,
             )
@@ -289,7 +289,6 @@ def _fit_and_export(
     backbone: BackboneConfig,
     train: TrainConfig,
     *,
-    module_cls: Any,
     resume: bool,
     accelerator: str,
     devices: int | str,
@@ -307,7 +306,7 @@ def _fit_and_export(
     last = ckpt_dir / "last.ckpt"
     if write:
         write_json(run / "config.json", config)
-    module = module_cls(specs_to_list(data.specs), data.num_classes, backbone.to_dict(), train.to_dict())
+    module = BackboneModule(specs_to_list(data.specs), data.num_classes, backbone.to_dict(), train.to_dict())
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1, enable_version_counter=False)
     # Saved at the end of every epoch (save_last only follows top-k saves): what --resume reads.
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
