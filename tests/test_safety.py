@@ -529,6 +529,18 @@ def test_ctrl_c_exits_130_with_the_resume_command(world, tmp_path, monkeypatch):
     res = _cli("train", "backbone", "--data", world.root / "data", "--out", out, "--epochs", "3", "--lr", "0.002")
     line = _cli_error(res, "interrupted; resume with: dymo train backbone", code=130)
     assert re.search(rf"--out {re.escape(str(out))} .*--epochs 3 .*--lr 0.002 .*--resume$", line), line
+    # a benchmark resumes by running the same command again; a prediction has nothing to resume
+    import dymo.evaluation.benchmark
+    import dymo.inference.folder
+
+    monkeypatch.setattr(dymo.evaluation.benchmark, "run_benchmark", interrupted)
+    res = _cli("benchmark", "--data", world.root / "data", "--out", tmp_path / "bench", "--methods", "discard", "--recovery", "mean", "--seeds", "0")
+    line = _cli_error(res, "interrupted; resume with: dymo benchmark", code=130)
+    assert f"--out {tmp_path / 'bench'}" in line and "--methods discard" in line and "--resume" not in line
+    monkeypatch.setattr(dymo.inference.folder.InputFolder, "scan", interrupted)
+    res = _cli("predict", world.bundle, world.inputs, "--out", tmp_path / "p.csv")
+    _cli_error(res, "interrupted; nothing half-written was left behind", code=130)
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_ctrl_c_inside_lightning_keeps_the_run_for_resume(world, tmp_path, monkeypatch):
