@@ -430,8 +430,11 @@ def test_full_or_read_only_disk_is_one_error_line(world, tmp_path, monkeypatch, 
     before = _tree(tmp_path)
     _raise_on_write(monkeypatch, code)
     res = _cli(*args)
-    line = _cli_error(res, os.strerror(code), str(tmp_path))
+    named = {"predict": "p.csv", "bundle": "/b:", "train": "/r/config.json", "train-recovery": "/m:", "data-build": ".npy:",
+             "calibrate": "calibration.safetensors", "evaluate": "m.json", "data-show": "g.png"}[name]
+    line = _cli_error(res, f"{tmp_path}", f"{named}", os.strerror(code))  # the file the user asked for
     assert ("disk is full" in line) if code == errno.ENOSPC else ("read-only" in line)
+    assert ".tmp" not in line and "/." not in line  # not a hidden temporary
     assert _tree(tmp_path) == before  # no partial output
 
 

@@ -341,8 +341,11 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
     folder. On failure the temporary folder is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:  # name the folder the user asked for, not the hidden temporary
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     os.chmod(tmp, default_dir_mode())  # mkdtemp makes it 0o700
     try:
         yield tmp
