@@ -247,6 +247,30 @@ def test_every_artefact_kind_is_recognised_and_nothing_else(world, tmp_path):
     assert identify(tmp_path / "user.json") is None and identify(tmp_path / "user.csv") is None
 
 
+def test_every_manifest_records_format_kind_version_and_what_it_was_made_from(world):
+    import dymo
+    from dymo.selection.calibration import Calibration
+    from dymo.training.run import data_fingerprint
+    from dymo.utils.artifact import dataset_fingerprint
+
+    run_cfg = json.loads((world.run / "config.json").read_text())
+    rec_cfg = json.loads((world.rec / "config.json").read_text())
+    bundle_cfg = json.loads((world.bundle / "bundle.json").read_text())
+    for cfg, artifact in ((run_cfg, "backbone-run"), (rec_cfg, "recoverer"), (bundle_cfg, "bundle")):
+        assert (cfg["format"], cfg["artifact"], cfg["dymo_version"]) == (1, artifact, dymo.__version__) and cfg["kind"]
+    assert run_cfg["data_fingerprint"] == data_fingerprint(world.data)
+    assert rec_cfg["made_from"]["data_fingerprint"] == dataset_fingerprint(world.data["train"])
+    cal = Calibration.load(world.run / "calibration.safetensors")
+    assert cal.backbone_sha256 == sha256_file(world.run / "backbone.safetensors")
+    made = bundle_cfg["made_from"]
+    assert made["backbone_sha256"] == sha256_file(world.bundle / "backbone.safetensors") == cal.backbone_sha256
+    assert made["recoverer_data_fingerprint"] == rec_cfg["made_from"]["data_fingerprint"]
+    from dymo.utils.artifact import file_hashes
+
+    assert bundle_cfg["files"] == file_hashes(world.bundle, skip=["bundle.json"])  # every file, each hash
+    assert {"backbone.safetensors", "calibration.safetensors", "recovery/config.json"} <= set(bundle_cfg["files"])
+
+
 # -- silent mix-ups ----------------------------------------------------------------------------------
 
 

@@ -51,7 +51,13 @@ from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
-from dymo.utils.artifact import component_manifest, load_weights, read_manifest
+from dymo.utils.artifact import (
+    component_manifest,
+    dataset_fingerprint,
+    load_weights,
+    read_manifest,
+    sha256_json,
+)
 from dymo.utils.io import save_tensors, write_json
 
 log = logging.getLogger("dymo.baselines")
@@ -95,6 +101,8 @@ class Baseline(ABC):
         self.class_names: list[str] = []
         self.net: nn.Module | None = None
         self.recoverer: Recoverer | None = None
+        #: what it was trained on (fingerprint of the train + val data), recorded in its config.json
+        self.made_from: dict[str, Any] = {}
         self.device = torch.device("cpu")
 
     # -- properties ------------------------------------------------------------------------
@@ -138,6 +146,7 @@ class Baseline(ABC):
             self._attach_recoverer(recoverer, data.specs)
         self.specs = list(data.specs)
         self.class_names = list(data.class_names)
+        self.made_from = {"data_fingerprint": sha256_json({s: dataset_fingerprint(data[s]) for s in ("train", "val")})}
         self._fit(data, progress)
         assert self.net is not None, f"{type(self).__name__}._fit did not set self.net"
         self.net.to(self.device).eval()
@@ -297,7 +306,7 @@ class Baseline(ABC):
             path / CONFIG_FILE,
             component_manifest(
                 "baseline", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
-                class_names=list(self.class_names), recoverer=rec_dir,
+                class_names=list(self.class_names), made_from=self.made_from, recoverer=rec_dir,
             ),
         )
         return path
@@ -329,6 +338,7 @@ class Baseline(ABC):
         obj = cls(config=config)
         obj.specs = specs_from_list(meta["specs"])
         obj.class_names = list(meta["class_names"])
+        obj.made_from = dict(meta.get("made_from") or {})
         net = obj._build()
         wpath = path / WEIGHTS_FILE
         state = load_weights(wpath)
