@@ -630,11 +630,14 @@ def _catalogue_rows() -> list[tuple[str, str, str]]:
 
 
 def _named_tests(cell: str, default: str) -> list[tuple[str, str]]:
-    out = []
+    """``test_x``, ``file.py::test_x``, ``tests/file.py::test_x``, ``test_x[id]``, and ``::test_x``
+    (the file of the previous reference in the cell)."""
+    out: list[tuple[str, str]] = []
     for ref in re.findall(r"`([^`]*test_[^`]*)`", cell):
-        m = re.fullmatch(r"(?:(?:tests/)?(test_\w+\.py)::)?(test_\w+)(?:\[.*\])?", ref.strip())
+        m = re.fullmatch(r"(?:(?:tests/)?(test_\w+\.py)?::)?(test_\w+)(?:\[.*\])?", ref.strip())
         assert m is not None, f"docs/errors.md: cannot read the test reference {ref!r}"
-        out.append((m.group(1) or default, m.group(2)))
+        same_file = ref.strip().startswith("::") and out
+        out.append((m.group(1) or (out[-1][0] if same_file else default), m.group(2)))
     return out
 
 

@@ -56,7 +56,7 @@ def benchmark_cmd(
     methods: list[str] = typer.Option(
         ["dymo,iterative,simultaneous,fuse-all,discard,moddrop,mtl,late-fusion,oracle-complete,oracle-selection"],
         help="Comma-separated/repeatable: DyMo variants dymo, iterative, simultaneous, fuse-all, discard (dymo-cosine, "
-        "dymo-euclidean, ...), baselines (moddrop, mtl, late-fusion, unimodal, impute-all, concat, qmf, dynmm) and the "
+        "dymo-euclidean, ...), baselines (moddrop, mtl, late-fusion, unimodal, impute-all, concat, qmf, dynmm, pdf, m3care, muse, map) and the "
         "EXPERIMENT-ONLY upper bounds oracle-complete, oracle-selection (+ its shuffled control).",
     ),
     missing: list[str] = typer.Option(["random:0.2,random:0.4,random:0.6,random:0.8"], help="Scenarios: random:ETA, count:K, fixed:I,J, none, file:MASK.csv."),

@@ -13,6 +13,7 @@ from dymo.cli import (
     benchmark_cmd,
     data_cmd,
     demo_cmd,
+    fit_cmd,
     recovery_cmd,
     selection_cmd,
     training_cmd,
@@ -28,7 +29,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_show_locals=False,
     )
     root.callback()(root_callback)  # --debug, for every command
-    for module in (benchmark_cmd, demo_cmd, recovery_cmd, selection_cmd):
+    for module in (benchmark_cmd, demo_cmd, fit_cmd, recovery_cmd, selection_cmd):
         root.add_typer(module.app)
     train = typer.Typer(help="Train a backbone or a recovery model.", no_args_is_help=True)
     train.add_typer(recovery_cmd.train_app)

@@ -218,8 +218,13 @@ def train_backbone(
     tensorboard: bool = False,
     evaluate_test: bool = True,
 ) -> Path:
-    """Train on ``data['train']`` (complete data; missingness is simulated by subsets), pick
-    the best epoch by ``data['val']``, export the best weights to safetensors.
+    """Train on ``data['train']``, pick the best epoch by ``data['val']``, export the best
+    weights to safetensors.
+
+    Missingness is simulated by fusing K random subsets per batch; on an incomplete training
+    set (``observed`` False somewhere) each sample fuses only the part of each subset it
+    observes (see :meth:`BackboneModule.loss_for_tokens`), and validation scores each subset on
+    the samples that observe it.
 
     ``run_dir`` must be new or empty, or hold a backbone run: ``resume`` continues it (refused
     when its data or config differ), ``force`` replaces it. Anything else is refused before
