@@ -586,6 +586,23 @@ def test_ctrl_c_inside_lightning_keeps_the_run_for_resume(world, tmp_path, monke
     assert (run / "backbone.safetensors").exists()
 
 
+def test_every_command_runs_inside_the_error_boundary():
+    import typer.main
+
+    def commands(cmd, path=()):
+        subs = getattr(cmd, "commands", None)
+        if subs is None:
+            yield " ".join(path), cmd
+            return
+        for name, sub in subs.items():
+            yield from commands(sub, (*path, name))
+
+    found = dict(commands(typer.main.get_command(app)))
+    assert {"predict", "bundle", "train backbone", "train recovery", "data build", "benchmark"} <= set(found)
+    for name, cmd in found.items():
+        assert getattr(cmd.callback, "dymo_error_boundary", False), f"`dymo {name}` is not wrapped in friendly_errors"
+
+
 def test_debug_shows_the_traceback(world):
     res = _cli("evaluate", world.run, "--batch-size", "0")
     assert res.exit_code == 2 and "Traceback" not in res.output

@@ -154,6 +154,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             print_error(message)
             raise typer.Exit(code=EXIT_ERROR) from None
 
+    wrapper.dymo_error_boundary = True  # type: ignore[attr-defined]  # checked over every command by the tests
     return wrapper
 
 
