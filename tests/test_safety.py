@@ -349,7 +349,7 @@ def test_benchmark_recomputes_cells_after_the_backbone_was_retrained(world, tmp_
 def test_diverged_training_stops_and_exports_nothing(world, tmp_path):
     out = tmp_path / "run"
     res = _cli("train", "backbone", "--data", world.root / "data", "--out", out, "--epochs", "2", "--lr", "1e30", "--batch-size", "16", "--accelerator", "cpu")
-    _cli_error(res, "training diverged: the loss is nan", "lower --lr")
+    _cli_error(res, "training diverged: the loss is ", "lower --lr")  # nan or inf, whichever comes first
     assert not out.exists()  # no run folder, no weights
     for lr in ("inf", "nan"):
         res = _cli("train", "backbone", "--data", world.root / "data", "--out", out, "--lr", lr)
@@ -485,7 +485,7 @@ def test_full_disk_while_writing_a_checkpoint(world, tmp_path, monkeypatch):
     ids=["devices", "accelerator", "strategy", "precision", "lr-nan", "batch-size"],
 )
 def test_bad_training_options_are_one_error_line_and_leave_no_run_folder(world, tmp_path, option, value, named):
-    if option == "--accelerator" and torch.cuda.is_available():
+    if option == "--accelerator" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
         pytest.skip("this machine has a GPU")
     out = tmp_path / "run"
     res = _cli("train", "backbone", "--data", world.root / "data", "--out", out, "--epochs", "1", option, value)
