@@ -245,6 +245,12 @@ def test_every_artefact_kind_is_recognised_and_nothing_else(world, tmp_path):
     (tmp_path / "user.csv").write_text("sample,label\n")
     assert identify(tmp_path / "empty") == "" and identify(tmp_path / "nothing") == ""
     assert identify(tmp_path / "user.json") is None and identify(tmp_path / "user.csv") is None
+    interrupted = tmp_path / "interrupted"  # a build killed before its meta.json: ours, rebuilt in place
+    (interrupted / "train").mkdir(parents=True)
+    np.save(interrupted / "train" / "v0.npy", np.zeros(3))
+    assert identify(interrupted) == "dataset"
+    (interrupted / "notes").mkdir()  # ... but not once a user's folder sits beside the splits
+    assert identify(interrupted) is None
 
 
 def test_every_manifest_records_format_kind_version_and_what_it_was_made_from(world):

@@ -232,7 +232,7 @@ def _identify_dir(path: Path) -> str | None:
             if {"format", "kind", "config", "specs"} <= set(cfg):
                 return "recoverer"
         return None
-    if all(p.is_dir() for p in entries) and all(
+    if names <= {"train", "val", "test"} and all(p.is_dir() for p in entries) and all(
         all(f.suffix == ".npy" or f.name.startswith(".") for f in p.iterdir() if f.is_file()) for p in entries
     ):
         if any(f.suffix == ".npy" for p in entries for f in p.iterdir()):
