@@ -40,7 +40,7 @@ def tiny(name: str, epochs: int | None = None) -> dict:
     fit = {**FIT, "epochs": epochs or FIT["epochs"]}
     if name in DYMO_BACKBONE:
         return {"backbone": BACKBONE, "train": {"epochs": fit["epochs"], "batch_size": 32, "eval_batch_size": 64}}
-    if name in ("moddrop", "mtl", "dynmm"):
+    if name in ("moddrop", "mtl", "dynmm", "map"):
         return {"backbone": BACKBONE, "train": fit}
     return {"encoder": ENCODER, "train": fit}
 
@@ -94,7 +94,7 @@ def _garbage(batch, seed: int):
 def test_registry_names():
     assert set(BASELINES) == {
         "discard", "moddrop", "mtl", "late-fusion", "unimodal", "fuse-all", "concat",
-        "qmf", "dynmm", "oracle-complete", "oracle-selection",
+        "qmf", "dynmm", "pdf", "m3care", "muse", "map", "oracle-complete", "oracle-selection",
     }
     for name in BASELINES:
         cls = baseline_class(name)
@@ -162,7 +162,7 @@ def mixed_data():
     return make_synthetic_splits(48, 24, 24, kinds=("image", "text", "vector"), seed=3)
 
 
-@pytest.mark.parametrize("name", ["late-fusion", "qmf", "moddrop", "dynmm"])
+@pytest.mark.parametrize("name", ["late-fusion", "qmf", "moddrop", "dynmm", "pdf", "m3care", "muse", "map"])
 def test_missing_slots_never_read_image_and_text(name, mixed_data):
     torch.set_num_threads(1)
     b = get_baseline(name, **tiny(name, epochs=1)).fit(mixed_data, progress=False)
@@ -179,7 +179,7 @@ def test_missing_slots_never_read_image_and_text(name, mixed_data):
 def test_recovery_free_rejects_sample_with_nothing_observed(fitted, incomplete):
     obs = incomplete.observed.clone()
     obs[4] = False
-    for name in ("discard", "moddrop", "late-fusion", "dynmm"):
+    for name in ("discard", "moddrop", "late-fusion", "dynmm", "pdf", "m3care", "muse", "map"):
         with pytest.raises(DataError, match=f"{name}: sample 4 has no observed modality"):
             fitted[name].predict_proba(incomplete.with_observed(obs))
 
@@ -353,3 +353,143 @@ def test_partly_missing_table_values_go_through_the_recovery(fitted, incomplete)
         assert not torch.equal(p[rows], fitted[name].predict_proba(batch)[rows])
     with pytest.raises(DataError, match=f"sample {int(rows[0])}: observed modality 'v0' holds NaN"):
         fitted["discard"].predict_proba(holes)
+
+
+# -- batch independence ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prediction_does_not_depend_on_the_batch(name, fitted, incomplete):
+    """A sample's prediction is the same alone, in chunks, or in a shuffled batch: decisions
+    exactly, probabilities to 1e-5 (batched matmuls may round differently per batch shape)."""
+    b = fitted[name]
+    ref = b.predict_proba(incomplete)
+    chunks = torch.cat([b.predict_proba(incomplete.index(range(s, min(s + 7, 48)))) for s in range(0, 48, 7)])
+    perm = torch.randperm(48, generator=torch.Generator().manual_seed(2))
+    shuffled = torch.empty_like(ref)
+    shuffled[perm] = b.predict_proba(incomplete.index(perm.tolist()))
+    single = b.predict_proba(incomplete.index([5]))
+    for other in (chunks, shuffled):
+        assert torch.equal(other.argmax(1), ref.argmax(1)), name
+        torch.testing.assert_close(other, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(single, ref[5:6], atol=1e-5, rtol=0)
+
+
+# -- the incomplete-multimodal baselines (PDF, M3Care, MUSE, MAP) ------------------------------------
+
+
+def test_pdf_weights_are_a_convex_combination_over_observed(fitted, incomplete):
+    b = fitted["pdf"]
+    w = b.fusion_weights(incomplete)
+    assert torch.equal(w > 0, incomplete.observed)
+    torch.testing.assert_close(w.sum(1), torch.ones(48), atol=1e-6, rtol=0)
+    # One observed modality: the prediction is that modality's classifier.
+    one = torch.zeros_like(incomplete.observed)
+    one[:, 1] = True
+    single = incomplete.with_observed(one)
+    with torch.no_grad():
+        logits, _ = b.net.modality_outputs(single.data, one)
+    torch.testing.assert_close(b.predict_proba(single), torch.softmax(logits[:, 1], dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_pdf_fused_logits_follow_the_co_belief(fitted, incomplete):
+    """The fused prediction is softmax(sum_m w_m logits_m) with the reported weights."""
+    b = fitted["pdf"]
+    with torch.no_grad():
+        logits, _ = b.net.modality_outputs(incomplete.data, incomplete.observed)
+    w = b.fusion_weights(incomplete)
+    expected = torch.softmax((w.unsqueeze(-1) * logits).sum(1), dim=-1)
+    torch.testing.assert_close(b.predict_proba(incomplete), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_m3care_imputes_only_missing_modalities_from_the_bank(fitted, incomplete):
+    b = fitted["m3care"]
+    assert int(b.net.bank_filled) == 96  # every training sample (bank_size 1024 > 96)
+    ref = b.predict_proba(incomplete)
+    complete = incomplete.observed.all(dim=1)
+    assert complete.any() and (~complete).any()
+    saved = b.net.bank.clone()
+    try:
+        b.net.bank.mul_(-1.0).add_(0.5)  # another neighbour pool
+        other = b.predict_proba(incomplete)
+    finally:
+        b.net.bank.copy_(saved)
+    # Complete samples never read the bank; incomplete ones do.
+    torch.testing.assert_close(other[complete], ref[complete], atol=1e-6, rtol=0)
+    assert not torch.allclose(other[~complete], ref[~complete], atol=1e-4)
+
+
+def test_m3care_imputation_is_the_weighted_mean_of_neighbours(fitted):
+    net = fitted["m3care"].net
+    torch.manual_seed(0)
+    feats = torch.randn(4, 3, 16)
+    used = torch.tensor([[True, False, True], [True, True, True], [False, True, False], [True, True, False]])
+    bank = torch.randn(10, 3, 16)
+    with torch.no_grad():
+        out = net.impute(feats, used, bank, torch.ones(10, 3, dtype=torch.bool))
+    assert torch.equal(out[used], feats[used])  # observed features are kept
+    hull_min, hull_max = bank.amin(0), bank.amax(0)  # a convex combination stays in the box
+    for i, m in zip(*torch.nonzero(~used, as_tuple=True), strict=True):
+        assert (out[i, m] >= hull_min[m] - 1e-5).all() and (out[i, m] <= hull_max[m] + 1e-5).all()
+
+
+def test_muse_contrastive_term_and_view_consistency(data):
+    torch.set_num_threads(1)
+    from dymo.baselines.muse import contrastive_loss
+
+    z = torch.nn.functional.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    ids = torch.arange(4).repeat(2)
+    aligned = torch.cat([z[:4], z[:4]])
+    assert contrastive_loss(aligned, ids, 0.2) < contrastive_loss(z, ids, 0.2)  # matching views: lower loss
+    b = get_baseline("muse", **tiny("muse", epochs=1))
+    b.specs, b.class_names = list(data.specs), list(data.class_names)
+    net = b._build()
+    batch = data["train"].batch(range(32))
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with_c = float(net.training_loss(batch, g())[0].detach())
+    net.contrastive_weight = 0.0
+    assert float(net.training_loss(batch, g())[0].detach()) < with_c
+
+
+def test_map_prompt_of_one_missing_case_changes_only_that_case(fitted, incomplete):
+    from dymo.utils.subsets import masks_to_codes
+
+    b = fitted["map"]
+    codes = masks_to_codes(incomplete.observed)
+    case = int(torch.mode(codes).values)
+    ref = b.predict_proba(incomplete)
+    saved = b.net.prompts.detach().clone()
+    try:
+        with torch.no_grad():
+            b.net.prompts[case] += torch.randn(saved.shape[1:], generator=torch.Generator().manual_seed(0))
+        other = b.predict_proba(incomplete)
+    finally:
+        with torch.no_grad():
+            b.net.prompts.copy_(saved)
+    torch.testing.assert_close(other[codes != case], ref[codes != case], atol=1e-6, rtol=0)
+    assert not torch.allclose(other[codes == case], ref[codes == case], atol=1e-4)
+
+
+def test_map_freezes_the_backbone_but_not_prompts(data):
+    torch.set_num_threads(1)
+    b = get_baseline("map", **tiny("map", epochs=1))
+    before = {}
+
+    import dymo.baselines.map_prompts as mp
+
+    real_fit = mp.fit_network
+
+    def spy(net, *args, **kwargs):
+        if net.phase == "prompts":
+            before.update({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return real_fit(net, *args, **kwargs)
+
+    mp.fit_network = spy
+    try:
+        b.fit(data, progress=False)
+    finally:
+        mp.fit_network = real_fit
+    after = b.net.state_dict()
+    assert torch.equal(after["backbone.blocks.0.linear1.weight"], before["backbone.blocks.0.linear1.weight"])
+    assert not torch.equal(after["prompts"], before["prompts"])
+    assert not torch.equal(after["backbone.classifier.weight"], before["backbone.classifier.weight"])

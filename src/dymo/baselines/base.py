@@ -51,7 +51,14 @@ from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
 from dymo.selection.selector import DEPRECATED_NAMES
-from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
+from dymo.utils.artifact import (
+    component_manifest,
+    dataset_fingerprint,
+    load_weights,
+    read_manifest,
+    sha256_json,
+)
+from dymo.utils.io import save_tensors, write_json
 
 log = logging.getLogger("dymo.baselines")
 
@@ -94,6 +101,8 @@ class Baseline(ABC):
         self.class_names: list[str] = []
         self.net: nn.Module | None = None
         self.recoverer: Recoverer | None = None
+        #: what it was trained on (fingerprint of the train + val data), recorded in its config.json
+        self.made_from: dict[str, Any] = {}
         self.device = torch.device("cpu")
 
     # -- properties ------------------------------------------------------------------------
@@ -137,6 +146,7 @@ class Baseline(ABC):
             self._attach_recoverer(recoverer, data.specs)
         self.specs = list(data.specs)
         self.class_names = list(data.class_names)
+        self.made_from = {"data_fingerprint": sha256_json({s: dataset_fingerprint(data[s]) for s in ("train", "val")})}
         self._fit(data, progress)
         assert self.net is not None, f"{type(self).__name__}._fit did not set self.net"
         self.net.to(self.device).eval()
@@ -287,15 +297,10 @@ class Baseline(ABC):
             rec_dir = RECOVERER_DIR
         write_json(
             path / CONFIG_FILE,
-            {
-                "format": FORMAT_VERSION,
-                "kind": self.name,
-                "dymo_version": dymo.__version__,
-                "config": self.config.to_dict(),
-                "specs": specs_to_list(self.specs),
-                "class_names": list(self.class_names),
-                "recoverer": rec_dir,
-            },
+            component_manifest(
+                "baseline", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
+                class_names=list(self.class_names), made_from=self.made_from, recoverer=rec_dir,
+            ),
         )
         return path
 
@@ -326,14 +331,10 @@ class Baseline(ABC):
         obj = cls(config=config)
         obj.specs = specs_from_list(meta["specs"])
         obj.class_names = list(meta["class_names"])
+        obj.made_from = dict(meta.get("made_from") or {})
         net = obj._build()
         wpath = path / WEIGHTS_FILE
-        try:
-            state = load_tensors(wpath)
-        except FileNotFoundError:
-            raise BundleError(f"{wpath}: file missing") from None
-        except Exception as e:  # safetensors raises its own error types
-            raise BundleError(f"{wpath}: truncated or corrupt weights ({e})") from None
+        state = load_weights(wpath)
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -349,21 +350,8 @@ class Baseline(ABC):
 
 
 def read_baseline_meta(path: Path) -> dict[str, Any]:
-    """Read and check a baseline folder's ``config.json``."""
-    cfg = Path(path) / CONFIG_FILE
-    if not cfg.exists():
-        raise BundleError(f"{path}: no {CONFIG_FILE}; not a saved baseline (or its save did not finish)")
-    try:
-        meta = read_json(cfg)
-    except ValueError as e:
-        raise BundleError(f"{cfg}: corrupt JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise BundleError(f"{cfg}: baseline format {got!r}, this dymo reads {FORMAT_VERSION}")
-    for key in ("kind", "config", "specs", "class_names"):
-        if key not in meta:
-            raise BundleError(f"{cfg}: key {key!r} missing")
-    return meta
+    """Read and check a baseline folder's ``config.json`` (see :func:`dymo.utils.artifact.read_manifest`)."""
+    return read_manifest(path, "baseline", required={"kind": str, "config": dict, "specs": list, "class_names": list})
 
 
 def _check_complete(ds: MultimodalDataset, split: str, who: str) -> None:

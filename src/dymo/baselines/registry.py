@@ -28,6 +28,10 @@ BASELINES: dict[str, str] = {
     "concat": "dymo.baselines.recovery_based:ConcatBaseline",
     "qmf": "dymo.baselines.dynamic:QMFBaseline",
     "dynmm": "dymo.baselines.dynamic:DynMMBaseline",
+    "pdf": "dymo.baselines.pdf:PDFBaseline",
+    "m3care": "dymo.baselines.m3care:M3CareBaseline",
+    "muse": "dymo.baselines.muse:MUSEBaseline",
+    "map": "dymo.baselines.map_prompts:MAPBaseline",
     "oracle-complete": "dymo.baselines.oracles:OracleCompleteBaseline",
     "oracle-selection": "dymo.baselines.oracles:OracleSelectionBaseline",
 }

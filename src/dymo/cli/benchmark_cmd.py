@@ -84,9 +84,16 @@ def benchmark_cmd(
 
     from rich.logging import RichHandler
 
+    from dymo.cli.common import check_positive
     from dymo.evaluation.benchmark import BenchmarkConfig, backbone_metric, run_benchmark
+    from dymo.utils.artifact import check_output
     from dymo.utils.io import read_json
 
+    for value, option in ((epochs, "--epochs"), (batch_size, "--batch-size"), (threads, "--threads"),
+                          (max_train_samples, "--max-train-samples"), (max_val_samples, "--max-val-samples"),
+                          (max_test_samples, "--max-test-samples")):
+        check_positive(value, option)
+    check_output(out, "benchmark", replace=True)  # rerunning resumes; never a foreign folder
     if threads:
         import scipy.linalg  # noqa: F401 - load scipy's own BLAS first: only loaded libraries are capped
         import torch
@@ -99,7 +106,12 @@ def benchmark_cmd(
         logger.addHandler(RichHandler(console=console, show_path=False))
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    extra = read_json(config) if config else {}
+    try:
+        extra = read_json(config) if config else {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {config}: file not found") from None
+    except ValueError as e:
+        raise ConfigError(f"--config {config}: not valid JSON ({e})") from None
     if not isinstance(extra, dict) or set(extra) - set(CONFIG_KEYS):
         bad = sorted(set(extra) - set(CONFIG_KEYS)) if isinstance(extra, dict) else extra
         raise ConfigError(f"--config {config}: unknown key(s) {bad}; allowed: {list(CONFIG_KEYS)}")
