@@ -19,8 +19,9 @@ The contract has one of each tool, and every component uses these:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -123,20 +124,9 @@ class MultimodalBatch:
     def _validate(
         self, specs: Sequence[ModalitySpec], num_classes: int | None, nan_values: bool, need_observed: str | None
     ) -> None:
-        names = [s.name for s in specs]
-        unknown = [k for k in self.data if k not in names]
-        if unknown:
-            raise DataError(f"unknown modality name(s) {unknown}; this model knows {names}")
-        if tuple(names) != self.modalities:
-            raise DataError(f"batch modalities {list(self.modalities)} do not match specs {names}")
+        check_layout(self.data, self.modalities, self.observed, specs)
         b = len(self)
-        if self.observed.ndim != 2 or self.observed.shape[1] != len(specs):
-            raise DataError(
-                f"observed mask has shape {tuple(self.observed.shape)}; expected ({b}, {len(specs)})"
-            )
         for i, spec in enumerate(specs):
-            if spec.name not in self.data:
-                raise DataError(f"modality {spec.name!r} is missing from the batch data dict")
             x = self.data[spec.name]
             if tuple(x.shape) != (b, *spec.shape):
                 raise DataError(
@@ -166,6 +156,27 @@ class MultimodalBatch:
             if bad.any():
                 i = int(torch.nonzero(bad).flatten()[0])
                 raise DataError(f"sample {i}: label {int(lab[i])} outside [0, {num_classes})")
+
+
+def check_layout(
+    data: Mapping[str, Any], modalities: Sequence[str], observed: torch.Tensor, specs: Sequence[ModalitySpec]
+) -> None:
+    """The structure every batch must have for ``specs`` (the part of the validator shared with
+    ``dymo.data.kinds.prepare_batch``, which then converts a user's arrays): no unknown modality
+    name, the specs' modalities in their order, an ``observed`` mask ``[B, M]``, a tensor for every
+    modality. Raises :class:`DataError` naming what is wrong."""
+    names = [s.name for s in specs]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise DataError(f"unknown modality name(s) {unknown}; this model knows {names}")
+    if tuple(names) != tuple(modalities):
+        raise DataError(f"batch modalities {list(modalities)} do not match specs {names}")
+    b = int(observed.shape[0]) if observed.ndim >= 1 else 0
+    if observed.ndim != 2 or observed.shape[1] != len(specs):
+        raise DataError(f"observed mask has shape {tuple(observed.shape)}; expected ({b}, {len(specs)})")
+    for spec in specs:
+        if spec.name not in data:
+            raise DataError(f"modality {spec.name!r} is missing from the batch data dict")
 
 
 def zero_missing(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
