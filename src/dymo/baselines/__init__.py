@@ -7,7 +7,7 @@ Names (see ``docs/baselines.md``): recovery-free ``discard``, ``moddrop``, ``mtl
 similar samples), ``muse`` (sample-modality graph, contrastive), ``map`` (missing-aware prompts); EXPERIMENT-ONLY upper bounds ``oracle-complete``, ``oracle-selection``.
 """
 
-from dymo.baselines.base import Baseline, FitConfig, read_baseline_meta
+from dymo.baselines.base import Baseline, read_baseline_meta
 from dymo.baselines.registry import (
     BASELINES,
     EXPERIMENT_ONLY,
@@ -16,6 +16,7 @@ from dymo.baselines.registry import (
     load_baseline,
     registered_baselines,
 )
+from dymo.baselines.training import FitConfig
 
 __all__ = [
     "BASELINES",

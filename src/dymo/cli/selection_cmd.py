@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app
+
+app = typer.Typer()  # calibrate / evaluate / predict / bundle, added to the root by dymo.cli.main
 
 CALIBRATION_FILE = "calibration.safetensors"
 
@@ -21,7 +22,7 @@ def calibrate_cmd(
     max_samples: int | None = typer.Option(None, help="Use only the first N training samples (default: all)."),
     batch_size: int = typer.Option(512),
 ) -> None:
-    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the complete training set."""
+    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set (a sample counts for the subsets it observes)."""
     from dymo.data.registry import open_dataset
     from dymo.selection.calibration import compute_calibration
     from dymo.training.run import load_backbone
@@ -94,12 +95,22 @@ def print_metrics(metrics: dict, title: str) -> None:
 @friendly_errors
 def predict_cmd(
     bundle: Path = typer.Argument(..., help="Model bundle folder (see `dymo bundle` / the demo)."),
-    input: Path = typer.Argument(..., help="Input folder: <modality>/<id>.png for images, <modality>.csv for vectors/text."),
+    input: Path = typer.Argument(..., help="Input folder: <modality>/<id>.<ext> for images, <modality>.csv (header id,...) for vectors/text."),
     out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
-    batch_size: int = typer.Option(256),
+    batch_size: int = typer.Option(256, help="Samples per forward pass (>= 1)."),
     method: str | None = typer.Option(None, help="Override the bundle's selection method."),
+    inputs: str = typer.Option(
+        "raw", help="raw: vector CSVs hold values as in the source data (the model's standardisation is applied); "
+        "model: they are already standardised."
+    ),
 ) -> None:
-    """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards."""
+    """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards.
+
+    Inputs are raw by default: images as files (any Pillow format and bit depth), vector values as
+    in the source data, text as plain strings; the bundle's own preprocessing (stored in its
+    specs, summarised under "inputs" in bundle.json) is applied as in training. One output row per
+    sample, in the order the ids are first seen. The rules: docs/inputs.md.
+    """
     import csv
     import io
     import json
@@ -107,29 +118,39 @@ def predict_cmd(
 
     from rich.progress import track
 
-    from dymo.errors import DataError
+    from dymo.errors import ConfigError, DataError
     from dymo.inference.classifier import DyMoClassifier
     from dymo.inference.folder import InputFolder
     from dymo.selection.selector import SelectionConfig
     from dymo.utils.io import atomic_write
 
+    # every option is checked before any work
     if out.suffix.lower() not in (".csv", ".json"):
-        raise typer.BadParameter("--out must end in .csv or .json")
+        raise ConfigError(f"--out {out}: must end in .csv or .json")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if inputs not in ("raw", "model"):
+        raise ConfigError(f"--inputs must be 'raw' or 'model', got {inputs!r}")
+    if method is not None:
+        SelectionConfig(method=method)  # type: ignore[arg-type]  # ConfigError naming the known methods
     clf = DyMoClassifier.from_pretrained(bundle)
     folder = InputFolder.scan(input, clf.specs)
+    for note in folder.notes:
+        console.print(f"note: {note}", soft_wrap=True)
     selection = SelectionConfig.from_dict({**clf.selection.to_dict(), "method": method}) if method else None
-    records: list[dict] = []
+    by_id: dict[str, dict] = {}
     ids = folder.ids
     for start in track(range(0, len(ids), batch_size), description=f"predicting {len(ids)} samples", console=console):
         chunk = ids[start : start + batch_size]
         batch, errors = folder.load(chunk)
+        batch.preprocessed = inputs == "model"
         ok = [i for i, sid in enumerate(chunk) if sid not in errors]
         if ok:
             try:
                 preds = [(ok, clf.predict(batch.index(ok), selection))]
             except DataError:
-                # One bad sample (e.g. an empty cell in an observed table row) must not fail the
-                # others: predict this chunk sample by sample and mark only the bad ones.
+                # One bad sample must not fail the others: predict this chunk sample by sample
+                # and mark only the bad ones.
                 preds = []
                 for i in ok:
                     try:
@@ -138,11 +159,10 @@ def predict_cmd(
                         errors[chunk[i]] = re.sub(r"\bsample 0\b", "this sample", str(e))
             for idx, pred in preds:
                 for rec in pred.to_records([chunk[i] for i in idx]):
-                    records.append({**rec, "status": "ok"})
+                    by_id[rec["sample"]] = {**rec, "status": "ok"}
         for sid, msg in errors.items():
-            records.append({"sample": sid, "status": "error", "error": msg})
-    order = {sid: i for i, sid in enumerate(ids)}
-    records.sort(key=lambda r: order[r["sample"]])
+            by_id[sid] = {"sample": sid, "status": "error", "error": msg}
+    records = [by_id[sid] for sid in ids]  # input order, one row per sample
     if out.suffix.lower() == ".json":
         with atomic_write(out) as f:
             json.dump(records, f, indent=1)

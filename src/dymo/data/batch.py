@@ -24,9 +24,15 @@ class MultimodalBatch:
     observed: torch.Tensor  # bool [B, M]
     modalities: tuple[str, ...]
     labels: torch.Tensor | None = None
+    #: True when ``data`` already holds model inputs (a built dataset's stored, preprocessed
+    #: values); False (the default) when it holds raw values, which ``DyMoClassifier.predict``
+    #: preprocesses with the model's specs (see ``docs/inputs.md``).
+    preprocessed: bool = False
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
+        if not isinstance(self.observed, torch.Tensor):  # a numpy array or nested lists
+            self.observed = torch.as_tensor(self.observed)
         if self.observed.dtype != torch.bool:
             self.observed = self.observed.bool()
 
@@ -43,6 +49,7 @@ class MultimodalBatch:
             observed=self.observed.to(device),
             modalities=self.modalities,
             labels=None if self.labels is None else self.labels.to(device),
+            preprocessed=self.preprocessed,
         )
 
     def index(self, idx: torch.Tensor | slice | Sequence[int]) -> MultimodalBatch:
@@ -53,6 +60,7 @@ class MultimodalBatch:
             observed=self.observed[idx],
             modalities=self.modalities,
             labels=None if self.labels is None else self.labels[idx],
+            preprocessed=self.preprocessed,
         )
 
     def with_observed(self, observed: torch.Tensor) -> MultimodalBatch:

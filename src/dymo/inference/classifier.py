@@ -28,8 +28,9 @@ import torch
 
 import dymo
 from dymo.data.batch import MultimodalBatch
+from dymo.data.kinds import describe_inputs, prepare_batch
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
-from dymo.errors import BundleError, DataError
+from dymo.errors import BundleError, ConfigError, DataError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.selection.calibration import Calibration
 from dymo.selection.selector import (
@@ -52,7 +53,7 @@ class Prediction:
     class_index: torch.Tensor  # long [B]
     probabilities: torch.Tensor  # [B, C]
     observed: torch.Tensor  # bool [B, M]
-    recovered: torch.Tensor  # bool [B, M]: missing and filled by the recoverer
+    recovered: torch.Tensor  # bool [B, M]: filled by the recoverer (missing, or observed with empty values)
     used: torch.Tensor  # bool [B, M]: what the final prediction fused
     selection: SelectionResult
 
@@ -151,6 +152,7 @@ class DyMoClassifier:
                     "class_names": self.class_names,
                     "backbone": self.backbone.config.to_dict(),
                     "selection": self.selection.to_dict(),
+                    "inputs": describe_inputs(self.specs),  # informative; see docs/inputs.md
                 },
             )
             if path.exists():
@@ -208,34 +210,103 @@ class DyMoClassifier:
         return cls(backbone.to(map_location), calibration, recoverer, meta["class_names"], SelectionConfig.from_dict(meta["selection"]))
 
     # -- prediction -----------------------------------------------------------------------------
+    def expected_inputs(self) -> dict[str, Any]:
+        """What this model expects per modality (also written to ``bundle.json`` as ``"inputs"``)."""
+        return describe_inputs(self.specs)
+
+    def _selection_config(self, selection: SelectionConfig | str | None) -> SelectionConfig:
+        if selection is None:
+            return self.selection
+        if isinstance(selection, SelectionConfig):
+            return selection
+        if isinstance(selection, str):
+            return SelectionConfig.from_dict({**self.selection.to_dict(), "method": selection})
+        raise ConfigError(f"selection must be a SelectionConfig, a method name or None, got {type(selection).__name__}")
+
     @torch.no_grad()
-    def predict(self, batch: MultimodalBatch, selection: SelectionConfig | None = None) -> Prediction:
+    def predict(self, batch: MultimodalBatch, selection: SelectionConfig | str | None = None) -> Prediction:
         """Recover what is missing, choose per sample which recoveries to use, predict.
 
         ``batch.observed`` marks the available modalities; what missing slots hold is never read.
-        Labels, if the batch carries any, are ignored.
+        Labels, if the batch carries any, are ignored. ``selection``: a config or a method name
+        (``"dymo"``, ``"discard"``, ...; the bundle's other settings kept); None = the bundle's.
+
+        Inputs follow ``docs/inputs.md``: tensors or numpy arrays of any float dtype (images in
+        [0, 1] or uint8; text as token ids or a list of strings). A batch holds raw values unless
+        ``batch.preprocessed`` (batches of a built dymo dataset): raw vectors are standardised
+        with the specs' statistics, as in training. NaN entries in an observed vector modality
+        are empty values: the recoverer fills them if it can (the modality then counts as
+        recovered, as ``dymo evaluate --value-missing``), else it is a :class:`DataError`.
         """
-        if tuple(batch.modalities) != self.modalities:
+        if isinstance(batch, MultimodalBatch) and tuple(batch.modalities) != self.modalities:
             raise DataError(f"batch modalities {list(batch.modalities)} do not match the bundle's {list(self.modalities)}")
-        # Check the mask shape, data keys, shapes and dtypes before touching the data, so that a
-        # malformed batch fails with a DataError naming the problem (not an IndexError inside).
-        batch.validate(self.specs)
-        hidden = batch.with_missing_filled()
-        hidden.labels = None
-        hidden.validate(self.specs)
+        config = self._selection_config(selection)
+        holes_ok = bool(getattr(self.recoverer, "allows_missing_values", False))
+        inputs, partial = prepare_batch(batch, self.specs, holes_ok=holes_ok)
+        hidden = inputs.with_missing_filled()
+        observed = hidden.observed
+        complete = observed & ~partial
+        start = complete | (partial & ~complete.any(dim=1, keepdim=True))
         device = next(self.backbone.parameters()).device
-        recovered = self.recoverer.recover(hidden) if bool((~hidden.observed).any()) else hidden
-        tokens = self.backbone.encode(recovered.to(device).data, torch.ones_like(hidden.observed, device=device))
-        result = select_with_backbone(
-            self.backbone, tokens, hidden.observed, ~hidden.observed, self.calibration, selection or self.selection
-        )
+        needs_recovery = bool((~observed).any()) or bool(partial.any())
+        recovered = self.recoverer.recover(hidden) if needs_recovery else hidden
+        tokens = self.backbone.encode(recovered.to(device).data, torch.ones_like(observed, device=device))
+        result = select_with_backbone(self.backbone, tokens, start, ~start, self.calibration, config)
         return Prediction(
             class_names=self.class_names,
             modalities=self.modalities,
             class_index=result.predictions,
             probabilities=result.probabilities,
-            observed=hidden.observed.cpu(),
-            recovered=(~hidden.observed).cpu(),
+            observed=observed.cpu(),
+            recovered=(~observed | partial).cpu(),
             used=result.used,
             selection=result,
         )
+
+    # -- one-call training and scikit-learn style helpers -----------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        dataset: Any,
+        recovery: str = "retrieval",
+        *,
+        recovery_options: dict[str, Any] | None = None,
+        backbone: Any = None,
+        train: Any = None,
+        epochs: int | None = None,
+        selection: Any = None,
+        run_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        accelerator: str = "cpu",
+        devices: int | str = 1,
+    ) -> DyMoClassifier:
+        """Train backbone + recoverer + calibration on ``dataset`` and return the classifier.
+
+        ``dataset``: a :class:`~dymo.data.dataset.SplitDataset` with ``train`` and ``val`` splits,
+        or a dataset name / folder (``open_dataset``). ``recovery``: a recoverer name
+        (``retrieval``, ``mopoe``, ``knn``, ...; options in ``recovery_options``). ``backbone`` /
+        ``train`` / ``selection``: configs or dicts (defaults: ``BackboneConfig()``,
+        ``TrainConfig()`` = 4 epochs, batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
+        ``epochs`` overrides ``train.epochs``. ``run_dir`` keeps the backbone run (logs,
+        checkpoints); by default it is a temporary folder. The training split may miss
+        modalities (docs/data.md). Then ``predict`` / ``predict_proba`` / ``explain`` /
+        ``save_pretrained``.
+        """
+        from dymo.inference.fit import fit_classifier
+
+        return fit_classifier(
+            cls, dataset, recovery, recovery_options=recovery_options, backbone=backbone, train=train, epochs=epochs,
+            selection=selection, run_dir=run_dir, progress=progress, accelerator=accelerator, devices=devices,
+        )
+
+    def predict_proba(self, batch: MultimodalBatch) -> torch.Tensor:
+        """Class probabilities ``[B, C]`` of DyMo's final choice per sample."""
+        return self.predict(batch).probabilities
+
+    def explain(self, batch: MultimodalBatch, index: int | None = None) -> Any:
+        """The selection steps of sample ``index`` (every sample's when None): candidates,
+        rewards, accepted / rejected. Same as ``predict(batch).explain(i)``."""
+        pred = self.predict(batch)
+        if index is not None:
+            return pred.explain(index)
+        return [pred.explain(i) for i in range(len(pred.class_index))]

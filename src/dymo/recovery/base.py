@@ -1,6 +1,7 @@
 """The recovery protocol: fill every missing modality from the observed ones.
 
-A :class:`Recoverer` is fitted once on a complete training set and then frozen. Its one
+A :class:`Recoverer` is fitted once on a training set (which may miss modalities; each
+recoverer says how it uses such samples) and then frozen. Its one
 inference method, :meth:`Recoverer.recover`, takes a :class:`~dymo.data.batch.MultimodalBatch`
 in which every sample may miss a different set of modalities and returns a batch in which
 
@@ -47,6 +48,7 @@ On disk a fitted recoverer is a folder::
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -120,7 +122,11 @@ class Recoverer(ABC):
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self: R, train: MultimodalDataset, progress: bool = True) -> R:
-        """Fit on a complete training set (labels may be used at training time). Returns self."""
+        """Fit on a training set (labels may be used at training time). Returns self.
+
+        A sample may miss modalities (``train.observed``); each recoverer documents how it
+        uses such samples (docs/data.md, "Incomplete training data").
+        """
         if not isinstance(train, MultimodalDataset):
             raise DataError(f"{self.name}: fit needs a MultimodalDataset, got {type(train).__name__}")
         self.specs = list(train.specs)
@@ -305,6 +311,20 @@ def require_complete(train: MultimodalDataset, who: str, why: str) -> None:
             f"{who}: training set {train.name or '(unnamed)'}: sample {r} misses modality "
             f"{train.modalities[c]!r}; {why}"
         )
+
+
+def complete_rows(train: MultimodalDataset, who: str, why: str) -> MultimodalDataset:
+    """``train`` itself when complete, else its samples that observe every modality (logged as
+    a warning naming how many were set aside); ``DataError`` when no sample is complete."""
+    if train.observed.all():
+        return train
+    keep = np.nonzero(train.observed.all(axis=1))[0]
+    if len(keep) == 0:
+        raise DataError(f"{who}: {why}, and no sample of training set {train.name or '(unnamed)'} observes every modality")
+    logging.getLogger("dymo.recovery").warning(
+        "%s: %s; training on the %d of %d training samples that observe every modality", who, why, len(keep), len(train)
+    )
+    return train.subset(keep)
 
 
 def require_weights(tensors: Mapping[str, torch.Tensor], keys: Sequence[str], path: Path) -> None:

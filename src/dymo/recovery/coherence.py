@@ -158,13 +158,22 @@ class UnimodalClassifier(nn.Module):
 
     # -- training --------------------------------------------------------------------------
     def fit(self, train: MultimodalDataset, progress: bool = True, description: str = "unimodal classifiers") -> UnimodalClassifier:
-        """Train every modality's classifier jointly (sum of per-modality cross-entropies)."""
+        """Train every modality's classifier jointly (sum of per-modality cross-entropies).
+
+        On an incomplete training set each modality's classifier trains on the samples that
+        observe it (and vector statistics come from those rows).
+        """
         cfg = self.config
         if list(train.modalities) != list(self.modalities):
             raise DataError(f"training set modalities {list(train.modalities)} != classifier's {list(self.modalities)}")
-        for s in self.specs:
+        complete = bool(train.observed.all())
+        for j, s in enumerate(self.specs):
             if s.kind == "vector":
                 arr = np.asarray(train.arrays[s.name], dtype=np.float64)
+                if not complete:
+                    arr = arr[train.observed[:, j]]
+                    if len(arr) == 0:
+                        raise DataError(f"training set {train.name!r}: no sample observes modality {s.name!r}")
                 enc = self.encoders[s.name]
                 enc.mean.copy_(torch.from_numpy(np.nanmean(arr, axis=0)).float())
                 enc.std.copy_(torch.from_numpy(np.nanstd(arr, axis=0)).float().clamp(min=1e-6))
@@ -179,10 +188,17 @@ class UnimodalClassifier(nn.Module):
                 for batch in train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
                     y = batch.labels
                     loss = torch.zeros(())
-                    for lg in self.logits(_clean(batch)).values():
-                        loss = loss + F.cross_entropy(lg, y)
-                        correct += int((lg.argmax(-1) == y).sum())
-                        total += len(y)
+                    for name, lg in self.logits(_clean(batch)).items():
+                        yj = y
+                        if not complete:
+                            rows = batch.observed[:, self.modalities.index(name)]
+                            if not bool(rows.any()):
+                                loss = loss + 0.0 * lg.sum()
+                                continue
+                            lg, yj = lg[rows], y[rows]
+                        loss = loss + F.cross_entropy(lg, yj)
+                        correct += int((lg.argmax(-1) == yj).sum())
+                        total += len(yj)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

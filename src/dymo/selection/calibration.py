@@ -1,6 +1,6 @@
 """Calibration statistics for DyMo's reward: per-subset class prototypes and distance spreads.
 
-Computed once after training, on the training set, in eval mode (METHOD.md item 4):
+Computed once after training, on the training set, in eval mode (docs/method.md §4):
 
 - ``prototypes[S, k]`` = mean of the fused feature ``z`` over class-``k`` samples fused with
   subset ``S`` (not re-normalised);
@@ -9,6 +9,13 @@ Computed once after training, on the training set, in eval mode (METHOD.md item 
 
 Tables are indexed by subset code (bit ``i`` = modality ``i`` used); row 0 is unused. Labels
 are used here (this is training-time work); the selection itself never sees them.
+
+**Incomplete training data.** A sample contributes to subset ``S`` only if it observes every
+modality of ``S``. A (subset, class) pair seen by fewer than ``min_samples`` training samples is
+*thin*: its statistics are borrowed from the largest subset ``T`` of ``S`` that is well estimated
+for that class (``T`` is observed by at least as many samples as ``S``); with no such ``T``, its
+own samples are used when it has any, else calibration fails naming the pair. Which pairs were thin is logged as a warning, and ``Calibration.counts`` keeps the
+number of samples behind every pair (see :meth:`Calibration.thin_subsets`).
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ class Calibration:
     overall: torch.Tensor  # [C, D]
     num_modalities: int
     modalities: tuple[str, ...] = ()
+    #: training samples behind each (subset code, class) pair, ``[2**M, C]`` (None: not recorded)
+    counts: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.modalities:
@@ -96,11 +105,26 @@ class Calibration:
                 )
         if not bool(torch.isfinite(self.overall).all()):
             raise BundleError(f"{source}: overall prototypes hold NaN or Inf")
+        if self.counts is not None and tuple(self.counts.shape) != (n, c):
+            raise BundleError(f"{source}: counts have shape {tuple(self.counts.shape)}, expected {(n, c)}")
+
+    def thin_subsets(self, min_samples: int = 5) -> dict[str, list[str]]:
+        """``{subset name: [class indices as str]}`` of the pairs estimated from fewer than
+        ``min_samples`` training samples (empty when counts were not recorded)."""
+        if self.counts is None:
+            return {}
+        out: dict[str, list[str]] = {}
+        for code in range(1, 2**self.num_modalities):
+            few = torch.nonzero(self.counts[code] < min_samples).flatten().tolist()
+            if few:
+                out[subset_name(code, self.modalities)] = [str(k) for k in few]
+        return out
 
     def to(self, device: torch.device | str) -> Calibration:
         return Calibration(
             self.metric, self.temperature, self.prototypes.to(device), self.sigma.to(device),
             self.overall.to(device), self.num_modalities, self.modalities,
+            None if self.counts is None else self.counts.to(device),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -114,6 +138,8 @@ class Calibration:
             "modalities": json.dumps(list(self.modalities)),
         }
         tensors = {"prototypes": self.prototypes.float(), "sigma": self.sigma.float(), "overall": self.overall.float()}
+        if self.counts is not None:
+            tensors["counts"] = self.counts.float()
         save_tensors(path, tensors, metadata)
 
     @classmethod
@@ -148,6 +174,7 @@ class Calibration:
         cal = object.__new__(cls)
         cal.metric, cal.temperature, cal.num_modalities, cal.modalities = metric, temperature, num_modalities, modalities
         cal.prototypes, cal.sigma, cal.overall = tensors["prototypes"], tensors["sigma"], tensors["overall"]
+        cal.counts = tensors.get("counts")
         cal.validate(source=path)
         return cal
 
@@ -206,13 +233,14 @@ def compute_calibration(
     progress: bool = True,
     max_rows: int = 8192,
     temperature: float = 0.1,
+    min_samples: int = 5,
 ) -> Calibration:
     """Calibration statistics of ``backbone`` on ``dataset`` (a :class:`MultimodalDataset`).
 
     Each batch is encoded once; then every non-empty subset is fused, subsets of equal size
     together (no padding waste; ``max_rows`` bounds the rows of one fuse call). Only subsets a
-    sample fully observes are used for it, so an incomplete training set works as long as every
-    (subset, class) pair is seen. sigma comes from exact sufficient statistics accumulated in
+    sample fully observes are used for it; on an incomplete training set, (subset, class) pairs
+    with fewer than ``min_samples`` samples borrow their statistics (see the module doc). sigma comes from exact sufficient statistics accumulated in
     float64 (sums of z, of z z^T for cosine, of ||z||^2 for Euclidean): one pass is enough.
     ``temperature`` is the prototype-softmax temperature of the reward's quality (0.1, as in
     training). To calibrate on part of the training set, pass ``dataset.subset(indices)``.
@@ -263,14 +291,7 @@ def compute_calibration(
         backbone.train(was_training)
 
     count, proto, mean_d2 = stats.finish()
-    for code in range(1, n_codes):
-        for k in range(c):
-            if count[code, k] == 0:
-                cls_name = dataset.class_names[k] if k < len(dataset.class_names) else str(k)
-                raise DataError(
-                    f"dataset {getattr(dataset, 'name', '')}: no training sample of class {k} ({cls_name}) "
-                    f"observes subset {code} {subset_name(code, modalities)}; cannot calibrate it"
-                )
+    _fill_thin_pairs(count, proto, mean_d2, min_samples, modalities, dataset)
     sigma = mean_d2[1:].clamp_min(0).sqrt()
     small = sigma < MIN_SIGMA
     if bool(small.any()):
@@ -285,4 +306,38 @@ def compute_calibration(
     sigmas = torch.ones(n_codes, c, dtype=torch.float32)
     sigmas[1:] = sigma.float()
     overall = proto[1:].mean(0).float()
-    return Calibration(metric, temperature, prototypes, sigmas, overall, m, modalities)
+    return Calibration(metric, temperature, prototypes, sigmas, overall, m, modalities, count.float())
+
+
+def _fill_thin_pairs(
+    count: torch.Tensor, proto: torch.Tensor, mean_d2: torch.Tensor, min_samples: int, modalities: tuple[str, ...], dataset: Any
+) -> None:
+    """Give every thin (subset, class) pair borrowed statistics, in place (see the module doc)."""
+    n_codes, c = count.shape
+    well = count >= min_samples
+    sizes = [bin(code).count("1") for code in range(n_codes)]
+    borrowed: dict[int, list[str]] = {}
+    for k in range(c):
+        for code in range(1, n_codes):
+            if well[code, k]:
+                continue
+            # Proper subsets of `code`, well estimated for class k, largest first (then most samples).
+            donors = [t for t in range(1, n_codes) if t != code and (t & ~code) == 0 and well[t, k]]
+            if donors:
+                t = max(donors, key=lambda t: (sizes[t], float(count[t, k])))
+                proto[code, k], mean_d2[code, k] = proto[t, k], mean_d2[t, k]
+                borrowed.setdefault(code, []).append(f"{k}<-{subset_name(t, modalities)}")
+            elif count[code, k] == 0:
+                cls_name = dataset.class_names[k] if k < len(dataset.class_names) else str(k)
+                raise DataError(
+                    f"dataset {getattr(dataset, 'name', '')}: no training sample of class {k} ({cls_name}) "
+                    f"observes subset {code} {subset_name(code, modalities)}, and no part of it is observed by "
+                    f"{min_samples} or more; cannot calibrate it"
+                )
+    if borrowed:
+        log.warning(
+            "calibration: %d (subset, class) pairs are observed by fewer than %d training samples and borrow "
+            "their statistics (class<-source): %s",
+            sum(len(v) for v in borrowed.values()), min_samples,
+            "; ".join(f"{subset_name(code, modalities)}: {', '.join(v)}" for code, v in sorted(borrowed.items())),
+        )
