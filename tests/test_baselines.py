@@ -20,7 +20,7 @@ from dymo.baselines import (
     get_baseline,
     load_baseline,
 )
-from dymo.baselines.dymo_backbone import DiscardBaseline, ImputeAllBaseline
+from dymo.baselines.dymo_backbone import DiscardBaseline, FuseAllBaseline
 from dymo.baselines.oracles import OracleSelectionBaseline
 from dymo.data.synthetic import make_synthetic_splits
 from dymo.errors import BundleError, ConfigError, DataError
@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore", module="lightning")
 BACKBONE = {"dim": 16, "heads": 2, "depth": 1, "proj_dim": 8, "encoder_options": {"vector_hidden": 16, "image_channels": [4, 8, 16]}}
 ENCODER = {"dim": 16, "hidden": 16, "encoder_options": {"vector_hidden": 16, "image_channels": [4, 8, 16]}}
 FIT = {"epochs": 4, "batch_size": 32, "eval_batch_size": 64}
-DYMO_BACKBONE = {"discard", "impute-all", "oracle-complete", "oracle-selection"}
+DYMO_BACKBONE = {"discard", "fuse-all", "oracle-complete", "oracle-selection"}
 NAMES = list(BASELINES)
 
 
@@ -93,7 +93,7 @@ def _garbage(batch, seed: int):
 
 def test_registry_names():
     assert set(BASELINES) == {
-        "discard", "moddrop", "mtl", "late-fusion", "unimodal", "impute-all", "concat",
+        "discard", "moddrop", "mtl", "late-fusion", "unimodal", "fuse-all", "concat",
         "qmf", "dynmm", "pdf", "m3care", "muse", "map", "oracle-complete", "oracle-selection",
     }
     for name in BASELINES:
@@ -125,7 +125,7 @@ def test_experiment_only_flags():
         assert cls.reads_missing == (name == "oracle-complete")
         assert cls.uses_labels == (name == "oracle-selection")
     recovery = {n for n in BASELINES if baseline_class(n)().uses_recovery}
-    assert recovery == {"impute-all", "concat", "oracle-selection"}
+    assert recovery == {"fuse-all", "concat", "oracle-selection"}
     assert get_baseline("dynmm", inputs="recovered").uses_recovery
 
 
@@ -202,7 +202,7 @@ def test_unfitted_baseline_is_an_error(incomplete):
 # -- recovery ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["impute-all", "concat"])
+@pytest.mark.parametrize("name", ["fuse-all", "concat"])
 def test_recovery_based_uses_recovered_or_recoverer(name, fitted, recoverer, incomplete, tmp_path):
     b = fitted[name]
     recovered = recoverer.recover(incomplete.with_missing_filled(float("nan")))
@@ -320,17 +320,17 @@ def test_oracle_complete_reads_the_true_data(fitted, data, incomplete):
         b.predict_proba(incomplete.with_missing_filled(float("nan")))
 
 
-def test_oracle_selection_bounds_discard_and_impute_all(fitted, recoverer, incomplete):
+def test_oracle_selection_bounds_discard_and_fuse_all(fitted, recoverer, incomplete):
     bb = fitted["discard"].backbone
     discard = DiscardBaseline.from_backbone(bb)
-    impute = ImputeAllBaseline.from_backbone(bb, recoverer)
+    impute = FuseAllBaseline.from_backbone(bb, recoverer)
     oracle = OracleSelectionBaseline.from_backbone(bb, recoverer)
     y = incomplete.labels
     p_or = oracle.predict_proba(incomplete)
     p_dis = discard.predict_proba(incomplete)
     ok_or = p_or.argmax(1) == y
     ok_any = (p_dis.argmax(1) == y) | (impute.predict_proba(incomplete).argmax(1) == y)
-    assert (ok_or | ~ok_any).all()  # correct wherever discard or impute-all is
+    assert (ok_or | ~ok_any).all()  # correct wherever discard or fuse-all is
     # Where no candidate is right, the oracle falls back to discard.
     torch.testing.assert_close(p_or[~ok_or], p_dis[~ok_or], atol=1e-6, rtol=1e-6)
     # Never reads a missing slot; but it does read the labels, and says so without them.
@@ -347,7 +347,7 @@ def test_partly_missing_table_values_go_through_the_recovery(fitted, incomplete)
     rows = torch.nonzero(batch.observed[:, 0]).flatten()[:5]
     x[rows, :3] = float("nan")
     holes = dataclasses.replace(batch, data={**batch.data, "v0": x})
-    for name in ("impute-all", "concat"):
+    for name in ("fuse-all", "concat"):
         p = fitted[name].predict_proba(holes)
         assert torch.isfinite(p).all()
         assert not torch.equal(p[rows], fitted[name].predict_proba(batch)[rows])
@@ -493,3 +493,14 @@ def test_map_freezes_the_backbone_but_not_prompts(data):
     assert torch.equal(after["backbone.blocks.0.linear1.weight"], before["backbone.blocks.0.linear1.weight"])
     assert not torch.equal(after["prompts"], before["prompts"])
     assert not torch.equal(after["backbone.classifier.weight"], before["backbone.classifier.weight"])
+
+
+def test_m3care_trains_on_a_batch_of_one_without_nan(data):
+    """A one-sample batch has no other sample to impute from: zeros, finite loss and gradients."""
+    b = get_baseline("m3care", **tiny("m3care", epochs=1))
+    b.specs, b.class_names = list(data.specs), list(data.class_names)
+    net = b._build()
+    loss, _ = net.training_loss(data["train"].batch([0]), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

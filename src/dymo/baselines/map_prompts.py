@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dymo.baselines.base import FitConfig, NetBaseline
+from dymo.baselines.base import NetBaseline
 from dymo.baselines.training import (
     BaselineNet,
+    FitConfig,
     accuracy,
     dropout_masks,
     fit_network,

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dymo.baselines.base import FitConfig, NetBaseline
+from dymo.baselines.base import NetBaseline
 from dymo.baselines.nets import EncoderConfig, ModalityFeatures, _head
-from dymo.baselines.training import BaselineNet, accuracy
+from dymo.baselines.training import BaselineNet, FitConfig, accuracy
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
 from dymo.data.specs import ModalitySpec
