@@ -20,8 +20,11 @@ def calibrate_cmd(
     data: str | None = typer.Option(None, help="Dataset (default: the one the run was trained on)."),
     max_samples: int | None = typer.Option(None, help="Use only the first N training samples (default: all)."),
     batch_size: int = typer.Option(512),
+    samples_per_class: int = typer.Option(512, help="Training samples per (subset, class) pair (a seeded sample; see docs/selection.md)."),
+    full: bool = typer.Option(False, "--full", help="Use every training sample for every subset (slower, the exact statistics)."),
+    seed: int = typer.Option(0, help="Seed of the calibration sample."),
 ) -> None:
-    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the complete training set."""
+    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set."""
     from dymo.data.registry import open_dataset
     from dymo.selection.calibration import compute_calibration
     from dymo.training.run import load_backbone
@@ -32,9 +35,11 @@ def calibrate_cmd(
     train = open_dataset(ref)["train"]
     if max_samples is not None and max_samples < len(train):
         train = train.subset(range(max_samples))
-    cal = compute_calibration(backbone, train, batch_size=batch_size, progress=True)
+    per_class = None if full else samples_per_class
+    cal = compute_calibration(backbone, train, batch_size=batch_size, progress=True, samples_per_class=per_class, seed=seed)
     cal.save(run / CALIBRATION_FILE)
-    console.print(f"[green]calibrated[/] on {len(train)} training samples -> {run / CALIBRATION_FILE}")
+    how = "every sample" if full else f"at most {samples_per_class} samples per (subset, class)"
+    console.print(f"[green]calibrated[/] on {len(train)} training samples ({how}) -> {run / CALIBRATION_FILE}")
 
 
 @app.command("evaluate")

@@ -304,8 +304,8 @@ class _Evaluator:
         cal = self.cal
         dev = z.device
         q = quality(z, cal.overall.to(dev, z.dtype), cal.metric, cal.temperature)
-        codes = masks_to_codes(used).to(dev)
-        p = ics(z, logits, codes, cal.prototypes.to(dev, z.dtype), cal.sigma.to(dev, z.dtype), cal.metric)
+        rows, prototypes, sigma = cal.tables(masks_to_codes(used))
+        p = ics(z, logits, rows.to(dev), prototypes.to(dev, z.dtype), sigma.to(dev, z.dtype), cal.metric)
         return logits, z, q, p
 
 
