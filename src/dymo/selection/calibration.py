@@ -30,6 +30,14 @@ from dymo.utils.subsets import all_subsets, codes_to_masks
 
 log = logging.getLogger(__name__)
 
+
+def fuse_rows(backbone: Any, tokens: torch.Tensor, used: torch.Tensor, rows: torch.Tensor, projected: torch.Tensor | None) -> Any:
+    """``backbone.fuse`` of sample ``rows[n]`` with subset ``used[n]``; with ``projected``
+    (``FlexibleBackbone.project(tokens)``) the first block's per-token work is reused."""
+    if projected is not None:
+        return backbone.fuse(tokens, used, rows=rows, projected=projected)
+    return backbone.fuse(tokens[rows], used)
+
 CALIBRATION_FORMAT = "1"
 # A class seen once in a subset has sigma 0; d / 0 would make its ICS NaN or 0.
 MIN_SIGMA = 1e-6
@@ -352,6 +360,7 @@ def compute_calibration(
             data = {k: v.to(device) for k, v in batch.data.items()}
             obs_dev = observed.to(device)
             tokens = backbone.encode(data, obs_dev)
+            projected = backbone.project(tokens) if hasattr(backbone, "project") else None
             chunk = max(1, max_rows // tokens.shape[0])
             for group in groups:
                 for lo in range(0, len(group), chunk):
@@ -367,7 +376,7 @@ def compute_calibration(
                         s_idx, b_idx = s_idx[keep], b_idx[keep]
                     if s_idx.numel() == 0:
                         continue
-                    z = backbone.fuse(tokens[b_idx.to(device)], sub[s_idx.to(device)]).z
+                    z = fuse_rows(backbone, tokens, sub[s_idx.to(device)], b_idx.to(device), projected).z
                     stats.add(sub_codes[s_idx], labels[b_idx], z.cpu())
     finally:
         backbone.train(was_training)
@@ -452,6 +461,7 @@ class LazyCalibration:
                     data = {k: v.to(self.device) for k, v in batch.data.items()}
                     parts.append(backbone.encode(data, self._observed[lo : lo + batch_size]))
                 self._tokens = torch.cat(parts)
+                self._projected = backbone.project(self._tokens) if hasattr(backbone, "project") else None
         finally:
             backbone.train(was_training)
         self._row: dict[int, int] = {}
@@ -504,7 +514,7 @@ class LazyCalibration:
             s_idx, b_idx = s_idx[order], b_idx[order]
             for lo in range(0, len(s_idx), self.max_rows):
                 s, b = s_idx[lo : lo + self.max_rows], b_idx[lo : lo + self.max_rows]
-                z = self.backbone.fuse(self._tokens[b], masks[s]).z
+                z = fuse_rows(self.backbone, self._tokens, masks[s], b, self._projected).z
                 stats.add(s.cpu(), self._labels[b.cpu()], z.cpu())
         finally:
             self.backbone.train(was_training)

@@ -24,7 +24,7 @@ import torch
 
 from dymo.config import Config
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.selection.calibration import Calibration
+from dymo.selection.calibration import Calibration, fuse_rows
 from dymo.selection.reward import ics, quality, reward
 from dymo.utils.io import atomic_write
 from dymo.utils.subsets import masks_to_codes
@@ -590,11 +590,13 @@ def select_with_backbone(
     backbone.eval()
 
     def fuse_fn(idx: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = backbone.fuse(tokens[idx], used)
+        out = fuse_rows(backbone, tokens, used, idx, projected)
         return out[0], out[1]
 
     try:
         with torch.no_grad():
+            # the first block's per-token projections, once per sample for every candidate row
+            projected = backbone.project(tokens) if hasattr(backbone, "project") else None
             return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size)
     finally:
         backbone.train(was_training)

@@ -1,0 +1,161 @@
+"""Where DyMo's selection spends its time, next to one plain backbone pass (same run, same inputs).
+
+For ``--n`` PolyMNIST test samples (or ``--data synthetic``) with random missingness
+``random:ETA`` and oracle recovery (as in ``bench_selection.py``), batches of ``--batch-size``:
+
+- (a) plain pass: ``encode`` all modalities + ``fuse`` all;
+- (b) DyMo: ``encode`` once + ``select_with_backbone``, split into: encode, the first block's
+  per-token projection (``project``, once per sample), the ``fuse`` calls of the search (rows
+  and tokens fused), scoring (quality + ICS against the calibration), and the rest of the
+  search (bookkeeping: masks, rewards, histories).
+
+Each part is timed with ``time.perf_counter`` around the calls (the parts of (b) by wrapping
+``backbone.fuse`` and the scoring functions); (a) and (b) alternate for ``--repeats`` rounds
+and the median is reported. ``--torch-profile`` also prints the top operators of one (b) call
+from ``torch.profiler``::
+
+    .venv/bin/python benchmarks/profile_selection.py --run runs/poly10k --threads 1 --eta 0.4 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import dymo.selection.selector as selector
+from dymo.evaluation.pipeline import scenario_mask
+from dymo.selection import select_with_backbone
+
+HERE = Path(__file__).resolve().parent
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.t: dict[str, float] = defaultdict(float)
+        self.count: dict[str, int] = defaultdict(int)
+
+    def wrap(self, name: str, fn: Any, counter: Any = None) -> Any:
+        def inner(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            self.t[name] += time.perf_counter() - t0
+            if counter is not None:
+                for key, v in counter(*a, **k).items():
+                    self.count[key] += v
+            return out
+
+        return inner
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="polymnist", choices=["polymnist", "synthetic"])
+    p.add_argument("--run", default="runs/polymnist-cosine")
+    p.add_argument("--calibration", default=None)
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--eta", type=float, nargs="+", default=[0.4, 0.8])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch-profile", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bench_selection", HERE / "bench_selection.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_selection"] = bench
+    spec.loader.exec_module(bench)
+    if args.data == "synthetic":
+        backbone, cal, data, labels = bench.tiny_random(args.n)
+    else:
+        backbone, cal, data, labels = bench.load_trained(args.run, args.calibration, args.n, 0)
+    backbone.eval()
+    n = labels.shape[0]
+    tm = backbone.token_modality
+
+    for eta in args.eta:
+        observed = scenario_mask(f"random:{eta}", n, backbone.modalities, seed=args.seed)
+        parts = bench._batches(data, observed, args.batch_size)
+        rounds: dict[str, list[float]] = defaultdict(list)
+        fused = {}
+        for r in range(args.repeats + 1):  # round 0 warms up
+            timers = Timers()
+            orig = (backbone.encode, backbone.fuse, backbone.project, selector.quality, selector.ics)
+
+            def fuse_count(tokens: Any, used: Any, rows: Any = None, projected: Any = None) -> dict[str, int]:
+                return {"rows": int(used.shape[0]), "tokens": int(used[:, tm].sum())}
+
+            try:
+                backbone.encode = timers.wrap("encode", orig[0])
+                backbone.fuse = timers.wrap("fuse", orig[1], fuse_count)
+                backbone.project = timers.wrap("project", orig[2])
+                selector.quality = timers.wrap("score", orig[3])
+                selector.ics = timers.wrap("score", orig[4])
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    for d, o in parts:
+                        full = torch.ones_like(o)
+                        tokens = backbone.encode(d, full)
+                        t1 = time.perf_counter()
+                        select_with_backbone(backbone, tokens, o, ~o, cal)
+                        timers.t["select"] += time.perf_counter() - t1
+                total_b = time.perf_counter() - t0
+                b_parts = dict(timers.t)
+                fused = dict(timers.count)
+                timers = Timers()
+                backbone.encode = timers.wrap("encode", orig[0])
+                backbone.fuse = timers.wrap("fuse", orig[1], fuse_count)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    for d, _ in parts:
+                        full = torch.ones(d[backbone.modalities[0]].shape[0], backbone.num_modalities, dtype=torch.bool)
+                        backbone.fuse(backbone.encode(d, full), full)
+                total_a = time.perf_counter() - t0
+                a_parts = dict(timers.t)
+                plain_tokens = timers.count["tokens"]
+            finally:
+                backbone.encode, backbone.fuse, backbone.project, selector.quality, selector.ics = orig
+            if r == 0:
+                continue
+            rounds["a total"].append(total_a)
+            rounds["a encode"].append(a_parts["encode"])
+            rounds["a fuse"].append(a_parts["fuse"])
+            rounds["b total"].append(total_b)
+            rounds["b encode"].append(b_parts["encode"])
+            rounds["b project"].append(b_parts.get("project", 0.0))
+            rounds["b fuse"].append(b_parts["fuse"])
+            rounds["b score"].append(b_parts["score"])
+            rounds["b search rest"].append(b_parts["select"] - b_parts.get("project", 0.0) - b_parts["fuse"] - b_parts["score"])
+        med = {k: statistics.median(v) for k, v in rounds.items()}
+        ms = {k: 1000 * v / n for k, v in med.items()}
+        print(f"\nrandom:{eta}: {n} samples, batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats}")
+        print(f"(b)/(a) = {med['b total'] / med['a total']:.2f}x; fused per sample: plain {plain_tokens / n:.1f} tokens; "
+              f"dymo {fused['rows'] / n:.2f} rows, {fused['tokens'] / n:.1f} tokens")
+        print("| part | ms/sample | share of (b) | / (a) total |")
+        print("|---|---|---|---|")
+        for k in ("a encode", "a fuse", "a total", "b encode", "b project", "b fuse", "b score", "b search rest", "b total"):
+            print(f"| {k} | {ms[k]:.3f} | {100 * med[k] / med['b total']:.0f}% | {med[k] / med['a total']:.2f} |")
+
+        if args.torch_profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            d, o = parts[0]
+            with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+                tokens = backbone.encode(d, torch.ones_like(o))
+                select_with_backbone(backbone, tokens, o, ~o, cal)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
