@@ -88,54 +88,51 @@ def main(argv: list[str] | None = None) -> int:
         parts = bench._batches(data, observed, args.batch_size)
         rounds: dict[str, list[float]] = defaultdict(list)
         fused = {}
+        orig = (backbone.encode, backbone.fuse, backbone.project, selector.quality, selector.ics)
+
+        def fuse_count(tokens: Any, used: Any, rows: Any = None, projected: Any = None) -> dict[str, int]:
+            return {"rows": int(used.shape[0]), "tokens": int(used[:, tm].sum())}
+
+        def run_b(d: Any, o: Any, timers: Timers) -> None:
+            t1 = time.perf_counter()
+            tokens = backbone.encode(d, torch.ones_like(o))
+            t2 = time.perf_counter()
+            select_with_backbone(backbone, tokens, o, ~o, cal)
+            t3 = time.perf_counter()
+            timers.t["b select"] += t3 - t2
+            timers.t["b total"] += t3 - t1
+
+        def run_a(d: Any, o: Any, timers: Timers) -> None:
+            t1 = time.perf_counter()
+            full = torch.ones_like(o)
+            backbone.fuse(backbone.encode(d, full), full)
+            timers.t["a total"] += time.perf_counter() - t1
+
         for r in range(args.repeats + 1):  # round 0 warms up
-            timers = Timers()
-            orig = (backbone.encode, backbone.fuse, backbone.project, selector.quality, selector.ics)
-
-            def fuse_count(tokens: Any, used: Any, rows: Any = None, projected: Any = None) -> dict[str, int]:
-                return {"rows": int(used.shape[0]), "tokens": int(used[:, tm].sum())}
-
+            ta, tb = Timers(), Timers()
             try:
-                backbone.encode = timers.wrap("encode", orig[0])
-                backbone.fuse = timers.wrap("fuse", orig[1], fuse_count)
-                backbone.project = timers.wrap("project", orig[2])
-                selector.quality = timers.wrap("score", orig[3])
-                selector.ics = timers.wrap("score", orig[4])
-                t0 = time.perf_counter()
                 with torch.no_grad():
-                    for d, o in parts:
-                        full = torch.ones_like(o)
-                        tokens = backbone.encode(d, full)
-                        t1 = time.perf_counter()
-                        select_with_backbone(backbone, tokens, o, ~o, cal)
-                        timers.t["select"] += time.perf_counter() - t1
-                total_b = time.perf_counter() - t0
-                b_parts = dict(timers.t)
-                fused = dict(timers.count)
-                timers = Timers()
-                backbone.encode = timers.wrap("encode", orig[0])
-                backbone.fuse = timers.wrap("fuse", orig[1], fuse_count)
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    for d, _ in parts:
-                        full = torch.ones(d[backbone.modalities[0]].shape[0], backbone.num_modalities, dtype=torch.bool)
-                        backbone.fuse(backbone.encode(d, full), full)
-                total_a = time.perf_counter() - t0
-                a_parts = dict(timers.t)
-                plain_tokens = timers.count["tokens"]
+                    # (a) and (b) alternate batch by batch (order swapped every batch)
+                    for j, (d, o) in enumerate(parts):
+                        for which in (("a", "b") if j % 2 == 0 else ("b", "a")):
+                            timers = ta if which == "a" else tb
+                            backbone.encode = timers.wrap(f"{which} encode", orig[0])
+                            backbone.fuse = timers.wrap(f"{which} fuse", orig[1], fuse_count)
+                            backbone.project = timers.wrap(f"{which} project", orig[2])
+                            selector.quality = timers.wrap(f"{which} score", orig[3])
+                            selector.ics = timers.wrap(f"{which} score", orig[4])
+                            (run_a if which == "a" else run_b)(d, o, timers)
             finally:
                 backbone.encode, backbone.fuse, backbone.project, selector.quality, selector.ics = orig
+            fused, plain_tokens = dict(tb.count), ta.count["tokens"]
             if r == 0:
                 continue
-            rounds["a total"].append(total_a)
-            rounds["a encode"].append(a_parts["encode"])
-            rounds["a fuse"].append(a_parts["fuse"])
-            rounds["b total"].append(total_b)
-            rounds["b encode"].append(b_parts["encode"])
-            rounds["b project"].append(b_parts.get("project", 0.0))
-            rounds["b fuse"].append(b_parts["fuse"])
-            rounds["b score"].append(b_parts["score"])
-            rounds["b search rest"].append(b_parts["select"] - b_parts.get("project", 0.0) - b_parts["fuse"] - b_parts["score"])
+            t = {**ta.t, **tb.t}
+            for k in ("a total", "a encode", "a fuse", "b total", "b encode", "b fuse"):
+                rounds[k].append(t[k])
+            rounds["b project"].append(t.get("b project", 0.0))
+            rounds["b score"].append(t["b score"])
+            rounds["b search rest"].append(t["b select"] - t.get("b project", 0.0) - t["b fuse"] - t["b score"])
         med = {k: statistics.median(v) for k, v in rounds.items()}
         ms = {k: 1000 * v / n for k, v in med.items()}
         print(f"\nrandom:{eta}: {n} samples, batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats}")

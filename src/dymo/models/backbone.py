@@ -198,7 +198,8 @@ class FlexibleBackbone(nn.Module):
             blocks = blocks[1:]
         for block in blocks[:-1]:
             x = block(x)
-        h = self.norm(self._cls_block(blocks[-1], x))
+        last = self._cls_block if self.training else self._cls_block_eval
+        h = self.norm(last(blocks[-1], x))
         return self._heads(h)
 
     def _heads(self, h: torch.Tensor) -> FusionOutput:
@@ -234,6 +235,30 @@ class FlexibleBackbone(nn.Module):
         c = x[:, :1] + block.dropout1(block.self_attn(y[:, :1], y, y, need_weights=False)[0])
         f = block.linear2(block.dropout(block.activation(block.linear1(block.norm2(c)))))
         return (c + block.dropout2(f))[:, 0]
+
+    @staticmethod
+    def _cls_block_eval(block: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_cls_block` in evaluation mode without projecting every token to keys and values.
+
+        With one query (CLS) per head ``h``, ``q_h . (W_k,h y_j + b_k,h) = (W_k,h^T q_h) . y_j +
+        const``, and the constant cancels in the softmax; and ``sum_j a_hj (W_v,h y_j + b_v,h) =
+        W_v,h (sum_j a_hj y_j) + b_v,h`` since the weights sum to 1. So the per-token work is two
+        dot products per head with the normalised tokens ``y`` instead of the two D x D
+        projections: the same function, about a fifth of the fusion's multiply-adds saved."""
+        attn = block.self_attn
+        b, s, d = x.shape
+        heads = attn.num_heads
+        dh = d // heads
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, _, b_v = attn.in_proj_bias.chunk(3)
+        y = block.norm1(x)  # [B, S, D]
+        q = F.linear(y[:, 0], w_q, b_q).view(b, heads, dh) * dh**-0.5
+        qk = torch.einsum("bhk,hkd->bhd", q, w_k.view(heads, dh, d))  # [B, H, D]
+        a = torch.softmax(torch.bmm(qk, y.transpose(1, 2)), dim=-1)  # [B, H, S]
+        ya = torch.bmm(a, y)  # [B, H, D]
+        o = torch.einsum("bhd,hkd->bhk", ya, w_v.view(heads, dh, d)).reshape(b, d) + b_v
+        c = x[:, 0] + attn.out_proj(o)
+        return c + block.linear2(block.activation(block.linear1(block.norm2(c))))
 
     def forward(self, data: dict[str, torch.Tensor], used: torch.Tensor) -> FusionOutput:
         return self.fuse(self.encode(data, used), used)
