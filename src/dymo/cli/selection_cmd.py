@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -11,6 +12,15 @@ from dymo.cli.common import console, friendly_errors
 from dymo.cli.main import app
 
 CALIBRATION_FILE = "calibration.safetensors"
+
+
+SCALE_HELP = "Lightning: processes/devices per node (a count or 'auto')."
+
+
+def scale_options(accelerator: str, devices: str, strategy: str, num_nodes: int) -> Any:
+    from dymo.inference.scale import ScaleOptions, parse_devices
+
+    return ScaleOptions(accelerator=accelerator, devices=parse_devices(devices), strategy=strategy, num_nodes=num_nodes)
 
 
 @app.command("calibrate")
@@ -23,20 +33,50 @@ def calibrate_cmd(
     samples_per_class: int = typer.Option(512, help="Training samples per (subset, class) pair (a seeded sample; see docs/selection.md)."),
     full: bool = typer.Option(False, "--full", help="Use every training sample for every subset (slower, the exact statistics)."),
     seed: int = typer.Option(0, help="Seed of the calibration sample."),
+    accelerator: str = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto."),
+    devices: str = typer.Option("1", help=SCALE_HELP),
+    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp (processes start by re-running this command)."),
+    num_nodes: int = typer.Option(1, help="Lightning: machines (the run folder must be shared)."),
 ) -> None:
     """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set."""
+    import io
+
+    import torch
+
     from dymo.data.registry import open_dataset
-    from dymo.selection.calibration import compute_calibration
+    from dymo.inference.scale import run_chunks
+    from dymo.selection.calibration import (
+        calibration_item_features,
+        calibration_plan,
+        finish_calibration,
+    )
     from dymo.training.run import load_backbone
     from dymo.utils.io import read_json
 
+    options = scale_options(accelerator, devices, strategy, num_nodes)
     backbone = load_backbone(run)
     ref = data or read_json(run / "config.json")["data"]["name"]
     train = open_dataset(ref)["train"]
     if max_samples is not None and max_samples < len(train):
         train = train.subset(range(max_samples))
-    per_class = None if full else samples_per_class
-    cal = compute_calibration(backbone, train, batch_size=batch_size, progress=True, samples_per_class=per_class, seed=seed)
+    plan = calibration_plan(train, None if full else samples_per_class, seed, batch_size)
+
+    def process(i: int, device: Any) -> bytes:
+        codes, labels, z = calibration_item_features(backbone, train, plan[i])
+        buf = io.BytesIO()
+        torch.save({"codes": codes, "labels": labels, "z": z}, buf)
+        return buf.getvalue()
+
+    parts = run_chunks(len(plan), process, run / ".calibration.parts", options, model=backbone)
+    if parts is None:  # not the first process
+        return
+
+    def features() -> Any:
+        for part in parts:
+            d = torch.load(io.BytesIO(part), weights_only=True)
+            yield d["codes"], d["labels"], d["z"]
+
+    cal = finish_calibration(features(), train, backbone.config.metric)
     cal.save(run / CALIBRATION_FILE)
     how = "every sample" if full else f"at most {samples_per_class} samples per (subset, class)"
     console.print(f"[green]calibrated[/] on {len(train)} training samples ({how}) -> {run / CALIBRATION_FILE}")
@@ -95,6 +135,62 @@ def print_metrics(metrics: dict, title: str) -> None:
     Console().print(table)
 
 
+def _predict_records(clf: Any, folder: Any, chunk: list[str], selection: Any) -> list[dict]:
+    """Records of one chunk of sample ids, in the chunk's order (errors included)."""
+    import re
+
+    from dymo.errors import DataError
+
+    records: dict[str, dict] = {}
+    batch, errors = folder.load(chunk)
+    ok = [i for i, sid in enumerate(chunk) if sid not in errors]
+    if ok:
+        try:
+            preds = [(ok, clf.predict(batch.index(ok), selection))]
+        except DataError:
+            # One bad sample (e.g. an empty cell in an observed table row) must not fail the
+            # others: predict this chunk sample by sample and mark only the bad ones.
+            preds = []
+            for i in ok:
+                try:
+                    preds.append(([i], clf.predict(batch.index([i]), selection)))
+                except DataError as e:
+                    errors[chunk[i]] = re.sub(r"\bsample 0\b", "this sample", str(e))
+        for idx, pred in preds:
+            for rec in pred.to_records([chunk[i] for i in idx]):
+                records[rec["sample"]] = {**rec, "status": "ok"}
+    for sid, msg in errors.items():
+        records[sid] = {"sample": sid, "status": "error", "error": msg}
+    return [records[sid] for sid in chunk]
+
+
+def _csv_columns(class_names: list[str]) -> list[str]:
+    return ["sample", "status", "predicted_class", *[f"p_{c}" for c in class_names], "observed", "recovered", "used", "steps", "error"]
+
+
+def _format_records(records: list[dict], fmt: str, class_names: list[str]) -> bytes:
+    """CSV rows (no header) or JSON array items (each indented as in ``json.dump(indent=1)``)."""
+    import csv
+    import io
+    import json
+
+    if fmt == "json":
+        items = ["\n".join(" " + line for line in json.dumps(r, indent=1).splitlines()) for r in records]
+        return ",\n".join(items).encode()
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_csv_columns(class_names))
+    for r in records:
+        row = {"sample": r["sample"], "status": r["status"], "error": r.get("error", "")}
+        if r["status"] == "ok":
+            row.update({f"p_{c}": p for c, p in r["probabilities"].items()})
+            row.update(
+                predicted_class=r["predicted_class"], observed=";".join(r["observed"]), recovered=";".join(r["recovered"]),
+                used=";".join(r["used"]), steps=json.dumps(r["steps"]),
+            )
+        w.writerow(row)
+    return buf.getvalue().encode()
+
+
 @app.command("predict")
 @friendly_errors
 def predict_cmd(
@@ -103,72 +199,63 @@ def predict_cmd(
     out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
     batch_size: int = typer.Option(256),
     method: str | None = typer.Option(None, help="Override the bundle's selection method."),
+    accelerator: str = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto."),
+    devices: str = typer.Option("1", help=SCALE_HELP),
+    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp (processes start by re-running this command)."),
+    num_nodes: int = typer.Option(1, help="Lightning: machines (the output folder must be shared)."),
 ) -> None:
-    """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards."""
+    """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards.
+
+    Samples are read and predicted one batch at a time (bounded memory) and written as they
+    come; with --devices/--strategy the batches are shared among processes (the output is the
+    same as with one process)."""
     import csv
     import io
-    import json
-    import re
 
-    from rich.progress import track
-
-    from dymo.errors import DataError
     from dymo.inference.classifier import DyMoClassifier
     from dymo.inference.folder import InputFolder
+    from dymo.inference.scale import run_chunks
     from dymo.selection.selector import SelectionConfig
     from dymo.utils.io import atomic_write
 
     if out.suffix.lower() not in (".csv", ".json"):
         raise typer.BadParameter("--out must end in .csv or .json")
+    if batch_size < 1:
+        raise typer.BadParameter("--batch-size must be >= 1")
+    options = scale_options(accelerator, devices, strategy, num_nodes)
     clf = DyMoClassifier.from_pretrained(bundle)
     folder = InputFolder.scan(input, clf.specs)
     selection = SelectionConfig.from_dict({**clf.selection.to_dict(), "method": method}) if method else None
-    records: list[dict] = []
     ids = folder.ids
-    for start in track(range(0, len(ids), batch_size), description=f"predicting {len(ids)} samples", console=console):
-        chunk = ids[start : start + batch_size]
-        batch, errors = folder.load(chunk)
-        ok = [i for i, sid in enumerate(chunk) if sid not in errors]
-        if ok:
-            try:
-                preds = [(ok, clf.predict(batch.index(ok), selection))]
-            except DataError:
-                # One bad sample (e.g. an empty cell in an observed table row) must not fail the
-                # others: predict this chunk sample by sample and mark only the bad ones.
-                preds = []
-                for i in ok:
-                    try:
-                        preds.append(([i], clf.predict(batch.index([i]), selection)))
-                    except DataError as e:
-                        errors[chunk[i]] = re.sub(r"\bsample 0\b", "this sample", str(e))
-            for idx, pred in preds:
-                for rec in pred.to_records([chunk[i] for i in idx]):
-                    records.append({**rec, "status": "ok"})
-        for sid, msg in errors.items():
-            records.append({"sample": sid, "status": "error", "error": msg})
-    order = {sid: i for i, sid in enumerate(ids)}
-    records.sort(key=lambda r: order[r["sample"]])
-    if out.suffix.lower() == ".json":
-        with atomic_write(out) as f:
-            json.dump(records, f, indent=1)
-    else:
-        buf = io.StringIO()
-        cols = ["sample", "status", "predicted_class", *[f"p_{c}" for c in clf.class_names], "observed", "recovered", "used", "steps", "error"]
-        w = csv.DictWriter(buf, fieldnames=cols)
-        w.writeheader()
-        for r in records:
-            row = {"sample": r["sample"], "status": r["status"], "error": r.get("error", "")}
-            if r["status"] == "ok":
-                row.update({f"p_{c}": p for c, p in r["probabilities"].items()})
-                row.update(
-                    predicted_class=r["predicted_class"], observed=";".join(r["observed"]), recovered=";".join(r["recovered"]),
-                    used=";".join(r["used"]), steps=json.dumps(r["steps"]),
-                )
-            w.writerow(row)
-        with atomic_write(out) as f:
-            f.write(buf.getvalue())
-    n_err = sum(r["status"] == "error" for r in records)
-    console.print(f"[green]wrote[/] {out}: {len(records) - n_err} predicted, {n_err} failed" + (" (see the error column)" if n_err else ""))
+    fmt = out.suffix.lower()[1:]
+    num_chunks = (len(ids) + batch_size - 1) // batch_size
+    counts = {"error": 0}
+
+    def process(i: int, device: Any) -> bytes:
+        records = _predict_records(clf, folder, ids[i * batch_size : (i + 1) * batch_size], selection)
+        return _format_records(records, fmt, clf.class_names)
+
+    parts = run_chunks(num_chunks, process, out.parent / f".{out.name}.parts", options, model=clf.backbone)
+    if parts is None:  # not the first process
+        return
+    with atomic_write(out, "wb") as f:
+        if fmt == "json":
+            f.write(b"[\n" if ids else b"[")
+        else:
+            head = io.StringIO()
+            csv.DictWriter(head, fieldnames=_csv_columns(clf.class_names)).writeheader()
+            f.write(head.getvalue().encode())
+        for i, part in enumerate(parts):
+            if fmt == "json":
+                f.write((b",\n" if i else b"") + part)
+                counts["error"] += part.count(b'\n  "status": "error"')
+            else:
+                f.write(part)
+                counts["error"] += sum(row[1] == "error" for row in csv.reader(io.StringIO(part.decode())))
+        if fmt == "json":
+            f.write(b"\n]" if ids else b"]")
+    n_err = counts["error"]
+    console.print(f"[green]wrote[/] {out}: {len(ids) - n_err} predicted, {n_err} failed" + (" (see the error column)" if n_err else ""))
 
 
 @app.command("bundle")

@@ -288,6 +288,100 @@ def sample_size_rule(samples_per_class: int) -> str:
     return f"{n} samples per (subset, class): sigma within about {100 / math.sqrt(2 * n):.1f}% (1 s.e.)"
 
 
+@dataclass
+class CalibrationItem:
+    """One unit of calibration work: encode ``samples`` (dataset indices) once, then fuse sample
+    ``samples[pos[r]]`` with subset ``codes[r]`` for every row ``r`` (rows sorted by subset size)."""
+
+    samples: np.ndarray
+    codes: torch.Tensor
+    pos: torch.Tensor
+
+
+def calibration_plan(
+    dataset: Any, samples_per_class: int | None = DEFAULT_SAMPLES_PER_CLASS, seed: int = 0, batch_size: int = 512
+) -> list[CalibrationItem]:
+    """Which (sample, subset) pairs the calibration fuses, batch by batch (labels and observed
+    masks only; no model). With ``samples_per_class``, each (subset, class) pair gets the first
+    samples of a seeded permutation that observe the subset, until it has that many; batches
+    with nothing left to fill are skipped and the plan stops when every pair is full."""
+    _check_samples_per_class(samples_per_class)
+    m = len(dataset.modalities)
+    c = int(dataset.num_classes)
+    subsets = all_subsets(m)  # row r = code r + 1
+    sizes = subsets.sum(1)
+    codes_all = torch.arange(1, 2**m)
+    by_size = torch.argsort(sizes, stable=True)  # rows grouped by subset size
+    limit = samples_per_class
+    n = len(dataset)
+    order = np.arange(n) if limit is None else np.random.default_rng(seed).permutation(n)
+    labels_all = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
+    observed_all = torch.from_numpy(np.asarray(dataset.observed, dtype=bool))
+    count = torch.zeros(2**m * c, dtype=torch.long)
+    plan = []
+    for start in range(0, n, batch_size):
+        idx = torch.from_numpy(order[start : start + batch_size])
+        labels, observed = labels_all[idx], observed_all[idx]
+        # fits[s, b]: sample b observes every modality of subset s (rows in size order)
+        fits = ~(subsets[by_size].unsqueeze(1) & ~observed.unsqueeze(0)).any(-1)
+        s_idx, b_idx = torch.nonzero(fits, as_tuple=True)
+        codes = codes_all[by_size][s_idx]
+        if limit is not None:
+            if bool((count.view(2**m, c)[1:] >= limit).all()):
+                break
+            key = codes * c + labels[b_idx]
+            keep = _rank_within_key(key) < limit - count[key]
+            s_idx, b_idx, codes = s_idx[keep], b_idx[keep], codes[keep]
+        if len(codes) == 0:
+            continue
+        count.index_add_(0, codes * c + labels[b_idx], torch.ones_like(codes))
+        used_samples, pos = torch.unique(b_idx, return_inverse=True)  # encode only needed samples
+        plan.append(CalibrationItem(idx[used_samples].numpy(), codes, pos))
+    return plan
+
+
+@torch.no_grad()
+def calibration_item_features(
+    backbone: Any, dataset: Any, item: CalibrationItem, max_rows: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(codes, labels, z)`` of one plan item (``z`` on the CPU), in the item's row order."""
+    device = _device_of(backbone)
+    batch = dataset.batch(item.samples)
+    data = {k: v.to(device) for k, v in batch.data.items()}
+    observed = batch.observed.to(device)
+    tokens = backbone.encode(data, observed)
+    projected = backbone.project(tokens) if hasattr(backbone, "project") else None
+    masks = codes_to_masks(item.codes, len(dataset.modalities)).to(device)
+    pos = item.pos.to(device)
+    zs = []
+    for lo in range(0, len(item.codes), max_rows):
+        zs.append(fuse_rows(backbone, tokens, masks[lo : lo + max_rows], pos[lo : lo + max_rows], projected).z.cpu())
+    return item.codes, batch.labels[item.pos], torch.cat(zs)
+
+
+def finish_calibration(
+    stats_parts: Any, dataset: Any, metric: str, temperature: float = 0.1
+) -> Calibration:
+    """Accumulate ``(codes, labels, z)`` parts (in plan order) into a :class:`Calibration`."""
+    modalities = tuple(dataset.modalities)
+    m = len(modalities)
+    c = int(dataset.num_classes)
+    n_codes = 2**m
+    codes_all = torch.arange(1, n_codes)
+    stats = _SufficientStats(metric, n_codes, c)
+    for codes, labels, z in stats_parts:
+        stats.add(codes, labels, z)
+    _check_counts(stats.counts()[1:], codes_all, dataset, modalities)
+    count, proto, mean_d2 = stats.finish()
+    sigma = _sigma_from(mean_d2[1:], modalities, codes_all)
+    prototypes = proto.float()
+    prototypes[0] = 0.0  # row 0 holds no subset
+    sigmas = torch.ones(n_codes, c, dtype=torch.float32)
+    sigmas[1:] = sigma.float()
+    overall = proto[1:].mean(0).float()
+    return Calibration(metric, temperature, prototypes, sigmas, overall, m, modalities)
+
+
 @torch.no_grad()
 def compute_calibration(
     backbone: Any,
@@ -307,89 +401,32 @@ def compute_calibration(
     pair has its samples, so its cost is about ``samples_per_class x classes`` samples instead
     of ``len(dataset)``; :func:`sample_size_rule` states the resulting accuracy.
 
-    Each batch is encoded once (only the samples still needed); then every non-empty subset is
-    fused, subsets of equal size together (no padding waste; ``max_rows`` bounds the rows of one
-    fuse call). Only subsets a sample fully observes are used for it, so an incomplete training
-    set works as long as every (subset, class) pair is seen. sigma comes from exact sufficient
+    The work is planned first (:func:`calibration_plan`); each planned batch is encoded once
+    (only the samples still needed) and the first block's per-token projections are shared by
+    all its subsets; subsets of equal size are fused together (``max_rows`` bounds one fuse
+    call). Only subsets a sample fully observes are used for it, so an incomplete training set
+    works as long as every (subset, class) pair is seen. sigma comes from exact sufficient
     statistics accumulated in float64 (sums of z, of z z^T for cosine, of ||z||^2 for
     Euclidean): one pass is enough. ``temperature`` is the prototype-softmax temperature of the
-    reward's quality (0.1, as in training).
+    reward's quality (0.1, as in training). ``dymo calibrate --devices N`` runs the same plan
+    over several processes (:mod:`dymo.inference.scale`), with the same result.
     """
     metric = backbone.config.metric
     if metric not in METRICS:
         raise BundleError(f"backbone metric {metric!r} is not one of {METRICS}")
-    _check_samples_per_class(samples_per_class)
-    modalities = tuple(dataset.modalities)
-    m = len(modalities)
-    c = int(dataset.num_classes)
-    n_codes = 2**m
-    device = _device_of(backbone)
-    subsets = all_subsets(m).to(device)  # row r = code r + 1
-    sizes = subsets.sum(1).cpu()
-    codes_all = torch.arange(1, n_codes)
-    groups = [codes_all[sizes == k] for k in range(1, m + 1)]
-    stats = _SufficientStats(metric, n_codes, c)
-    limit = samples_per_class
-    n = len(dataset)
-    order = np.arange(n) if limit is None else np.random.default_rng(seed).permutation(n)
-    labels_all = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
-    observed_all = torch.from_numpy(np.asarray(dataset.observed, dtype=bool))
-
-    starts = range(0, n, batch_size)
+    plan = calibration_plan(dataset, samples_per_class, seed, batch_size)
+    items: Any = plan
     if progress:
         from rich.progress import track
 
-        starts = track(starts, description="calibration", total=len(starts), transient=True)
+        items = track(plan, description="calibration", total=len(plan), transient=True)
     was_training = backbone.training
     backbone.eval()
     try:
-        for start in starts:
-            idx = torch.from_numpy(order[start : start + batch_size])
-            labels, observed = labels_all[idx], observed_all[idx]
-            if limit is not None:
-                # keep only samples that still fill some (subset, class) pair
-                need = stats.counts()[1:] < limit  # [codes - 1, C]
-                if not bool(need.any()):
-                    break
-                fits = ~(subsets.cpu().unsqueeze(1) & ~observed.unsqueeze(0)).any(-1)  # [codes - 1, b]
-                wanted = (fits & need[:, labels]).any(0)
-                if not bool(wanted.any()):
-                    continue
-                idx, labels, observed = idx[wanted], labels[wanted], observed[wanted]
-            batch = dataset.batch(idx.numpy())
-            data = {k: v.to(device) for k, v in batch.data.items()}
-            obs_dev = observed.to(device)
-            tokens = backbone.encode(data, obs_dev)
-            projected = backbone.project(tokens) if hasattr(backbone, "project") else None
-            chunk = max(1, max_rows // tokens.shape[0])
-            for group in groups:
-                for lo in range(0, len(group), chunk):
-                    sub_codes = group[lo : lo + chunk]
-                    sub = subsets[sub_codes - 1]  # [S, M]
-                    # valid[s, b]: sample b observes every modality of subset s
-                    valid = ~(sub.unsqueeze(1) & ~obs_dev.unsqueeze(0)).any(-1)
-                    s_idx, b_idx = (t.cpu() for t in torch.nonzero(valid, as_tuple=True))
-                    if limit is not None and s_idx.numel():
-                        key = sub_codes[s_idx] * c + labels[b_idx]
-                        room = limit - stats.count[key]
-                        keep = _rank_within_key(key) < room
-                        s_idx, b_idx = s_idx[keep], b_idx[keep]
-                    if s_idx.numel() == 0:
-                        continue
-                    z = fuse_rows(backbone, tokens, sub[s_idx.to(device)], b_idx.to(device), projected).z
-                    stats.add(sub_codes[s_idx], labels[b_idx], z.cpu())
+        parts = (calibration_item_features(backbone, dataset, item, max_rows) for item in items)
+        return finish_calibration(parts, dataset, metric, temperature)
     finally:
         backbone.train(was_training)
-
-    _check_counts(stats.counts()[1:], codes_all, dataset, modalities)
-    count, proto, mean_d2 = stats.finish()
-    sigma = _sigma_from(mean_d2[1:], modalities, codes_all)
-    prototypes = proto.float()
-    prototypes[0] = 0.0  # row 0 holds no subset
-    sigmas = torch.ones(n_codes, c, dtype=torch.float32)
-    sigmas[1:] = sigma.float()
-    overall = proto[1:].mean(0).float()
-    return Calibration(metric, temperature, prototypes, sigmas, overall, m, modalities)
 
 
 def _draw_codes(num_modalities: int, k: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,3 @@
+from dymo.cli.main import app
+
+app(prog_name="dymo")
