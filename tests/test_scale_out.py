@@ -68,8 +68,10 @@ def setup(tmp_path_factory):
 def test_predict_two_processes_equal_one(setup, suffix):
     root, path, _ = setup
     one, two = root / f"one{suffix}", root / f"two{suffix}"
-    dymo("predict", str(path), str(root / "input"), "--out", str(one), "--batch-size", "8")
-    dymo("predict", str(path), str(root / "input"), "--out", str(two), "--batch-size", "8",
+    # JSON: one chunk for two processes (one of them has nothing to do)
+    size = "8" if suffix == ".csv" else "64"
+    dymo("predict", str(path), str(root / "input"), "--out", str(one), "--batch-size", size)
+    dymo("predict", str(path), str(root / "input"), "--out", str(two), "--batch-size", size,
          "--devices", "2", "--strategy", "ddp")
     assert one.read_bytes() == two.read_bytes()
     assert not (root / f".{two.name}.parts").exists()

@@ -68,7 +68,9 @@ def _part(parts_dir: Path, i: int) -> Path:
     return parts_dir / f"chunk-{i:08d}"
 
 
-def _make_module(process: Callable[[int, torch.device], bytes], parts_dir: Path, model: torch.nn.Module | None) -> Any:
+def _make_module(
+    process: Callable[[int, torch.device], bytes], parts_dir: Path, model: torch.nn.Module | None, num_chunks: int
+) -> Any:
     import lightning as L
 
     class ChunkModule(L.LightningModule):
@@ -78,6 +80,8 @@ def _make_module(process: Callable[[int, torch.device], bytes], parts_dir: Path,
 
         def predict_step(self, batch: Any, batch_idx: int) -> None:
             i = int(batch)
+            if i >= num_chunks:  # padding, so that every process has an item
+                return
             data = process(i, self.device)
             with atomic_write(_part(parts_dir, i), "wb") as f:
                 f.write(data)
@@ -113,8 +117,10 @@ def run_chunks(
         num_nodes=options.num_nodes, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=options.progress,
     )
-    loader = DataLoader(_Chunks(num_chunks), batch_size=None, shuffle=False)
-    trainer.predict(_make_module(process, parts_dir, model), dataloaders=loader, return_predictions=False)
+    # at least one item per process (a process without any fails in Lightning's predict loop)
+    loader = DataLoader(_Chunks(max(num_chunks, trainer.world_size)), batch_size=None, shuffle=False)
+    module = _make_module(process, parts_dir, model, num_chunks)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return None
