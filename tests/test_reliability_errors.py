@@ -19,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 import dymo
+from conftest import cli_error
 from dymo.cli.main import app
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset, SplitDataset
@@ -63,17 +64,6 @@ def _batch(setup, n=5):
 
 def _replace_data(batch, **tensors):
     return dataclasses.replace(batch, data={**batch.data, **tensors})
-
-
-def _cli_error(res, *fragments: str) -> str:
-    """Exit status 2, no traceback, exactly one (unwrapped) ``error:`` line holding ``fragments``."""
-    assert res.exit_code == 2, res.output
-    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
-    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, res.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def _copy(path: Path, tmp_path: Path) -> Path:
@@ -347,7 +337,7 @@ def test_cli_config_file(tmp_path, content, fragment):
     if content is not None:
         path.write_text(content)
     res = runner.invoke(app, ["train", "backbone", "--config", str(path), "--out", str(tmp_path / "run")])
-    _cli_error(res, fragment)
+    cli_error(res, fragment)
     assert not (tmp_path / "run").exists()  # nothing written
 
 
@@ -473,7 +463,7 @@ def test_predict_cli_on_a_damaged_bundle(bundle, tmp_path):
     (tmp_path / "in").mkdir()
     out = tmp_path / "pred.csv"
     res = runner.invoke(app, ["predict", str(dst), str(tmp_path / "in"), "--out", str(out)])
-    _cli_error(res, str(w), "truncated or corrupt")
+    cli_error(res, str(w), "truncated or corrupt")
     assert not out.exists()
 
 
@@ -533,7 +523,7 @@ def test_cli_dataset_folder_with_a_corrupt_npy(tmp_path):
     root = data.save(tmp_path / "ds")
     (root / "train" / "v0.npy").write_bytes(b"\x93NUMPY")
     res = runner.invoke(app, ["data", "info", str(root)])
-    _cli_error(res, str(root / "train" / "v0.npy"), "corrupt or unreadable array file")
+    cli_error(res, str(root / "train" / "v0.npy"), "corrupt or unreadable array file")
 
 
 def test_cli_mask_csv_with_values_other_than_0_and_1(tmp_path):
@@ -543,5 +533,5 @@ def test_cli_mask_csv_with_values_other_than_0_and_1(tmp_path):
     mask.write_text("0,1\n" * 5 + "0,2\n")
     out = tmp_path / "grid.png"
     res = runner.invoke(app, ["data", "show", str(root), "--scenario", f"file:{mask}", "--out", str(out)])
-    _cli_error(res, f"{mask}: line 6, column 2: value '2'; mask files hold only 0 (observed) and 1 (missing)")
+    cli_error(res, f"{mask}: line 6, column 2: value '2'; mask files hold only 0 (observed) and 1 (missing)")
     assert not out.exists()

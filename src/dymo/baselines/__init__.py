@@ -6,7 +6,7 @@ Names (see ``docs/baselines.md``): recovery-free ``discard``, ``moddrop``, ``mtl
 ``qmf``, ``dynmm``; EXPERIMENT-ONLY upper bounds ``oracle-complete``, ``oracle-selection``.
 """
 
-from dymo.baselines.base import Baseline, FitConfig, read_baseline_meta
+from dymo.baselines.base import Baseline, read_baseline_meta
 from dymo.baselines.registry import (
     BASELINES,
     EXPERIMENT_ONLY,
@@ -15,6 +15,7 @@ from dymo.baselines.registry import (
     load_baseline,
     registered_baselines,
 )
+from dymo.baselines.training import FitConfig
 
 __all__ = [
     "BASELINES",

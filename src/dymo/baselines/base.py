@@ -36,7 +36,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -61,37 +61,6 @@ WEIGHTS_FILE = "weights.safetensors"
 RECOVERER_DIR = "recoverer"
 
 B = TypeVar("B", bound="Baseline")
-
-
-@dataclass
-class FitConfig(Config):
-    """Training budget of the baselines trained by :func:`~dymo.baselines.training.fit_network`.
-
-    Defaults follow :class:`~dymo.training.run.TrainConfig` (Adam, lr 1e-3, a few epochs,
-    early stopping on the validation accuracy): small enough for a CPU.
-    """
-
-    epochs: int = 4
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 3
-    seed: int = 0
-    max_train_samples: int | None = None
-    eval_batch_size: int = 512
-    accelerator: str = "cpu"
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("FitConfig: epochs, batch_size and eval_batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"FitConfig: lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"FitConfig: weight_decay must be >= 0, got {self.weight_decay}")
-        if self.patience < 1:
-            raise ConfigError(f"FitConfig: patience must be >= 1, got {self.patience}")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ConfigError("FitConfig: max_train_samples must be >= 1 (or null)")
 
 
 class Baseline(ABC):
@@ -345,19 +314,17 @@ class Baseline(ABC):
         map_location: str | torch.device = "cpu",
         **recoverer_kwargs: Any,
     ) -> B:
-        """Load a folder written by :meth:`save`. Called on :class:`Baseline` itself (or via
-        :func:`~dymo.baselines.registry.load_baseline`) it loads whatever kind the folder holds.
+        """Load a folder written by :meth:`save` by this kind of baseline
+        (:func:`~dymo.baselines.registry.load_baseline` loads whatever kind a folder holds).
 
         ``recoverer``: use this fitted recoverer instead of the saved one;
         ``recoverer_kwargs`` go to :func:`~dymo.recovery.registry.load_recoverer` (e.g. ``train=``).
         """
         path = Path(path_dir)
+        if not cls.name:
+            raise TypeError("Baseline.load: the abstract base cannot choose a kind; use dymo.baselines.load_baseline(path)")
         meta = read_baseline_meta(path)
-        if not cls.name:  # the abstract base: dispatch on the saved kind
-            from dymo.baselines.registry import baseline_class
-
-            cls = baseline_class(meta["kind"])  # type: ignore[assignment]
-        elif meta["kind"] != cls.name:
+        if meta["kind"] != cls.name:
             raise BundleError(f"{path / CONFIG_FILE}: holds a {meta['kind']!r} baseline, not {cls.name!r}")
         try:
             config = cls.config_class.from_dict(meta["config"])

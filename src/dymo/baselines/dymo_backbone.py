@@ -1,6 +1,6 @@
 """Baselines that are DyMo's own flexible backbone with a fixed modality policy: ``discard``
 (observed only) and ``impute-all`` (observed + every recovered modality). They are the two
-ends DyMo's per-sample selection moves between (METHOD.md: the "fuse all recovered" ablation
+ends DyMo's per-sample selection moves between (docs/method.md §6: the "fuse all recovered" ablation
 and the recovery-free backbone), and they take the very backbone DyMo uses
 (:meth:`DyMoBackboneBaseline.from_backbone`), or train one with
 :func:`~dymo.training.run.train_backbone` (K subsets per batch + prototype loss).

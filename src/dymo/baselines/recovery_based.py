@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dymo.baselines.base import FitConfig, NetBaseline
+from dymo.baselines.base import NetBaseline
 from dymo.baselines.nets import ConcatNet, EncoderConfig
+from dymo.baselines.training import FitConfig
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
 

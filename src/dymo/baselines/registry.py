@@ -9,9 +9,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from pathlib import Path
 from typing import Any
 
-from dymo.baselines.base import Baseline
+from dymo.baselines.base import Baseline, read_baseline_meta
 from dymo.config import Config
 from dymo.errors import ConfigError
 
@@ -53,5 +54,6 @@ def get_baseline(name: str, config: Config | None = None, **overrides: Any) -> B
 
 
 def load_baseline(path: str | os.PathLike, **kwargs: Any) -> Baseline:
-    """Load any saved baseline folder; ``kwargs`` go to :meth:`Baseline.load`."""
-    return Baseline.load(path, **kwargs)
+    """Load any saved baseline folder (its kind is read from it); ``kwargs`` go to
+    :meth:`Baseline.load`."""
+    return baseline_class(read_baseline_meta(Path(path))["kind"]).load(path, **kwargs)

@@ -13,6 +13,7 @@ generator seeded by ``seed`` and the global step, so a fit is reproducible.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -20,12 +21,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dymo.baselines.base import FitConfig
+from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset, SplitDataset
+from dymo.errors import ConfigError
 from dymo.utils.subsets import all_subsets
 
 log = logging.getLogger("dymo.baselines")
+
+
+@dataclass
+class FitConfig(Config):
+    """Training budget of the baselines trained by :func:`~dymo.baselines.training.fit_network`.
+
+    Defaults follow :class:`~dymo.training.run.TrainConfig` (Adam, lr 1e-3, a few epochs,
+    early stopping on the validation accuracy): small enough for a CPU.
+    """
+
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 3
+    seed: int = 0
+    max_train_samples: int | None = None
+    eval_batch_size: int = 512
+    accelerator: str = "cpu"
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("FitConfig: epochs, batch_size and eval_batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"FitConfig: lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"FitConfig: weight_decay must be >= 0, got {self.weight_decay}")
+        if self.patience < 1:
+            raise ConfigError(f"FitConfig: patience must be >= 1, got {self.patience}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError("FitConfig: max_train_samples must be >= 1 (or null)")
 
 
 class BaselineNet(nn.Module):

@@ -9,8 +9,9 @@ from pathlib import Path
 import typer
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app
 from dymo.errors import ConfigError
+
+app = typer.Typer()  # `dymo benchmark`, added to the root by dymo.cli.main
 
 #: BenchmarkConfig keys a --config JSON may set (model settings; the rest are options).
 CONFIG_KEYS = ("backbone", "train", "baselines", "recoverers", "calibration_batch_size", "subset_seed")

@@ -12,10 +12,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from dymo.cli.common import friendly_errors
-from dymo.cli.main import app
 
 data_app = typer.Typer(help="Build, inspect and plot the offline datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
 out_console = Console()
 

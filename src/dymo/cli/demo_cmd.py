@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app
+
+app = typer.Typer()  # `dymo demo`, added to the root by dymo.cli.main
 
 
 @app.command("demo")

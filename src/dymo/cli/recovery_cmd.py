@@ -9,8 +9,10 @@ from pathlib import Path
 import typer
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app, train_app
 from dymo.errors import ConfigError
+
+app = typer.Typer()  # `dymo recovery-report`, added to the root by dymo.cli.main
+train_app = typer.Typer()  # `dymo train recovery`, added under `train` by dymo.cli.main
 
 TRAINABLE = ("retrieval", "mean", "knn", "iterative", "mopoe", "mmvae-plus", "cmvae")
 CLASSIFIER_DIR = "coherence_classifier"

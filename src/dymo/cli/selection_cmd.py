@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app
+
+app = typer.Typer()  # calibrate / evaluate / predict / bundle, added to the root by dymo.cli.main
 
 CALIBRATION_FILE = "calibration.safetensors"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import train_app
+
+train_app = typer.Typer()  # `dymo train backbone`, added under `train` by dymo.cli.main
 
 
 def quiet_lightning() -> None:

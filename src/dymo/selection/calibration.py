@@ -1,6 +1,6 @@
 """Calibration statistics for DyMo's reward: per-subset class prototypes and distance spreads.
 
-Computed once after training, on the training set, in eval mode (METHOD.md item 4):
+Computed once after training, on the training set, in eval mode (docs/method.md §4):
 
 - ``prototypes[S, k]`` = mean of the fused feature ``z`` over class-``k`` samples fused with
   subset ``S`` (not re-normalised);

@@ -31,6 +31,8 @@ from dymo.utils.subsets import masks_to_codes
 
 NO_ACTION = 100  # action_history entry of a step in which the sample added nothing
 METHODS = ("dymo", "iterative", "simultaneous", "fuse-all", "discard")
+#: The methods that search, and so read the calibration statistics.
+SEARCHING = ("dymo", "iterative", "simultaneous")
 
 FuseFn = Callable[[torch.Tensor, torch.Tensor], Any]
 
@@ -310,7 +312,7 @@ class _Evaluator:
 
 
 def _validate_inputs(
-    initial_used: torch.Tensor, candidates: torch.Tensor, cal: Calibration, config: SelectionConfig
+    initial_used: torch.Tensor, candidates: torch.Tensor, modalities: tuple[str, ...], config: SelectionConfig
 ) -> None:
     for name, t in (("initial_used", initial_used), ("candidates", candidates)):
         if t.dtype != torch.bool or t.ndim != 2:
@@ -321,15 +323,15 @@ def _validate_inputs(
         )
     if initial_used.shape[0] == 0:
         raise DataError("select: empty batch (no sample)")
-    if initial_used.shape[1] != cal.num_modalities:
+    if initial_used.shape[1] != len(modalities):
         raise DataError(
-            f"select: masks have {initial_used.shape[1]} modalities, the calibration {cal.num_modalities} "
-            f"({list(cal.modalities)})"
+            f"select: masks have {initial_used.shape[1]} modalities, the calibration {len(modalities)} "
+            f"({list(modalities)})"
         )
-    if config.costs is not None and len(config.costs) != cal.num_modalities:
+    if config.costs is not None and len(config.costs) != len(modalities):
         raise ConfigError(
             f"SelectionConfig.costs has {len(config.costs)} entries; need one per modality "
-            f"({list(cal.modalities)})"
+            f"({list(modalities)})"
         )
 
 
@@ -337,9 +339,10 @@ def select(
     fuse_fn: FuseFn,
     initial_used: torch.Tensor,
     candidates: torch.Tensor,
-    calibration: Calibration,
+    calibration: Calibration | None,
     config: SelectionConfig | None = None,
     chunk_size: int | None = None,
+    modalities: Sequence[str] | None = None,
 ) -> SelectionResult:
     """Choose, per sample, which recovered modalities to add to the observed ones.
 
@@ -351,15 +354,30 @@ def select(
     A sample with no observed modality starts from an empty mask whose quality counts as 0
     (so the reward of a candidate is its quality alone, G = 1); its first addition is forced.
     A sample with nothing observed and no candidate raises :class:`DataError`.
+
+    ``calibration`` may be ``None`` for ``discard`` and ``fuse-all``, which do not search; the
+    modality names then come from ``modalities``.
     """
     config = config or SelectionConfig()
-    _validate_inputs(initial_used, candidates, calibration, config)
+    method = config.method
+    if calibration is None:
+        if method in SEARCHING:
+            raise ConfigError(
+                f"selection method {method!r} needs calibration statistics: run `dymo calibrate RUN` first"
+            )
+        if modalities is None:
+            raise ConfigError("select: without a calibration, pass the modality names (modalities=)")
+        names = tuple(modalities)
+    else:
+        names = tuple(calibration.modalities)
+        if modalities is not None and tuple(modalities) != names:
+            raise BundleError(f"modalities {list(modalities)} do not match the calibration's {list(names)}")
+    _validate_inputs(initial_used, candidates, names, config)
     initial_used = initial_used.clone()
     candidates = candidates & ~initial_used
     b, m = initial_used.shape
     device = initial_used.device
     empty = ~initial_used.any(1)
-    method = config.method
     usable = candidates if method != "discard" else torch.zeros_like(candidates)
     bad = empty & ~usable.any(1)
     if bool(bad.any()):
@@ -372,23 +390,21 @@ def select(
     if method in ("dymo", "iterative", "simultaneous") and config.max_added == 0 and bool(empty.any()):
         i = int(torch.nonzero(empty)[0])
         raise DataError(f"sample {i}: no observed modality, but max_added = 0 forbids adding a recovered one")
-    evaluator = _Evaluator(fuse_fn, calibration, chunk_size)
-    all_idx = torch.arange(b, device=device)
-
     if method in ("fuse-all", "discard"):
         used = initial_used | candidates if method == "fuse-all" else initial_used.clone()
-        logits, _, _, _ = evaluator(all_idx, used)
+        logits, _ = _fuse(fuse_fn, torch.arange(b, device=device), used, chunk_size)
         t0 = torch.zeros(0, b, m)
-        used, logits = used.cpu(), logits.cpu()
+        used, logits = used.detach().cpu(), logits.detach().cpu()
         return SelectionResult(
-            method=method, modalities=calibration.modalities, initial_used=initial_used.cpu(),
+            method=method, modalities=names, initial_used=initial_used.cpu(),
             candidates=candidates.cpu(), used=used, logits=logits, probabilities=torch.softmax(logits, -1),
             steps=(used & ~initial_used.cpu()).sum(1), rejected=torch.zeros_like(used),
             stop_reason=[method] * b, action_history=torch.zeros(0, b, dtype=torch.long),
             reward_history=t0, candidate_quality=t0.clone(), candidate_ics=t0.clone(),
             gain_history=t0.clone(), quality_history=torch.zeros(0, b), ics_history=torch.zeros(0, b),
         )
-    return _search(evaluator, initial_used, candidates, calibration, config)
+    assert calibration is not None  # searching methods were checked above
+    return _search(_Evaluator(fuse_fn, calibration, chunk_size), initial_used, candidates, calibration, config)
 
 
 def _search(
@@ -415,9 +431,10 @@ def _search(
         stop_reason[i] = "no candidates"
         active[i] = False
 
-    cur_logits: torch.Tensor | None = None  # state of each sample's current mask
-    cur_q = torch.full((b,), nan, device=device)
-    cur_p = torch.full((b,), nan, device=device)
+    # State of each sample's current mask, created at the first fuse so that its dtype follows
+    # the backbone's output (float32, float64, bfloat16, ...).
+    cur_logits: torch.Tensor | None = None
+    cur_q = cur_p = torch.empty(0)
     hist: dict[str, list[torch.Tensor]] = {k: [] for k in ("action", "reward", "cq", "cp", "gain", "q", "p")}
     final_refuse = torch.zeros(b, dtype=torch.bool, device=device)
 
@@ -442,6 +459,8 @@ def _search(
         logits, _, q, p = evaluator(idx, torch.cat([used[before_b], rows_used]))
         if cur_logits is None:
             cur_logits = torch.full((b, logits.shape[1]), nan, dtype=logits.dtype, device=device)
+            cur_q = torch.full((b,), nan, dtype=q.dtype, device=device)
+            cur_p = torch.full((b,), nan, dtype=p.dtype, device=device)
         nb = len(before_b)
         if nb:
             cur_logits[before_b], cur_q[before_b], cur_p[before_b] = logits[:nb], q[:nb], p[:nb]
@@ -569,22 +588,25 @@ def select_with_backbone(
     tokens: torch.Tensor,
     initial_used: torch.Tensor,
     candidates: torch.Tensor,
-    calibration: Calibration,
+    calibration: Calibration | None,
     config: SelectionConfig | None = None,
     chunk_size: int | None = 4096,
 ) -> SelectionResult:
     """:func:`select` with ``backbone.fuse`` on ``tokens`` (``backbone.encode`` of the observed
-    plus recovered modalities, computed once by the caller), in eval mode, without gradients."""
-    metric = backbone.config.metric
-    if metric != calibration.metric:
-        raise BundleError(
-            f"the backbone uses the {metric!r} metric but the calibration was computed for {calibration.metric!r}"
-        )
+    plus recovered modalities, computed once by the caller), in eval mode, without gradients.
+    ``calibration`` may be ``None`` for ``discard`` and ``fuse-all``."""
     names = getattr(backbone, "modalities", None)
-    if names is not None and tuple(names) != tuple(calibration.modalities):
-        raise BundleError(
-            f"backbone modalities {list(names)} do not match the calibration's {list(calibration.modalities)}"
-        )
+    if calibration is not None:
+        metric = backbone.config.metric
+        if metric != calibration.metric:
+            raise BundleError(
+                f"the backbone uses the {metric!r} metric but the calibration was computed for {calibration.metric!r}"
+            )
+        if names is not None and tuple(names) != tuple(calibration.modalities):
+            raise BundleError(
+                f"backbone modalities {list(names)} do not match the calibration's {list(calibration.modalities)}"
+            )
+        names = None  # the calibration's names, checked above
     initial_used, candidates = initial_used.to(tokens.device), candidates.to(tokens.device)
     was_training = backbone.training
     backbone.eval()
@@ -597,6 +619,6 @@ def select_with_backbone(
         with torch.no_grad():
             # the first block's per-token projections, once per sample for every candidate row
             projected = backbone.project(tokens) if hasattr(backbone, "project") else None
-            return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size)
+            return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size, modalities=names)
     finally:
         backbone.train(was_training)

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from dymo.data.batch import MultimodalBatch
+from dymo.data.specs import specs_from_list
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
+from dymo.training.config import TrainConfig
 from dymo.training.losses import prototype_loss
 from dymo.utils.subsets import all_subsets, sample_subsets
 
@@ -25,9 +27,6 @@ class BackboneModule(L.LightningModule):
 
     def __init__(self, specs: list, num_classes: int, backbone: dict, train: dict) -> None:
         super().__init__()
-        from dymo.data.specs import specs_from_list
-        from dymo.training.run import TrainConfig
-
         self.save_hyperparameters()
         self.train_cfg = TrainConfig.from_dict(train)
         self.backbone = FlexibleBackbone(specs_from_list(specs), num_classes, BackboneConfig.from_dict(backbone))

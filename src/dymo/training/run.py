@@ -18,9 +18,8 @@ import logging
 import os
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,45 +29,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler
 
 import dymo
-from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset, _identity
 from dymo.data.specs import specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
+from dymo.training.config import TrainConfig
+from dymo.training.module import BackboneModule
 from dymo.utils.io import atomic_replace_from, load_tensors, read_json, save_tensors, write_json
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig(Config):
-    """Training budget and loss settings (METHOD.md, Pipeline item 3)."""
-
-    epochs: int = 4
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
-    weight_decay: float = 0.0
-    subsets_per_batch: int | None = None  # None: 5 for >= 4 modalities, else 2
-    proto_weight: float = 1.0
-    proto_start_epoch: int = 2  # 0-based: the third epoch, as in the paper
-    temperature: float = 0.1
-    patience: int = 3
-    seed: int = 0
-    max_train_samples: int | None = None
-    eval_batch_size: int = 512
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("TrainConfig: epochs and batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"TrainConfig: lr must be positive, got {self.lr}")
-        if self.subsets_per_batch is not None and self.subsets_per_batch < 1:
-            raise ConfigError("TrainConfig: subsets_per_batch must be >= 1")
-        if self.temperature <= 0:
-            raise ConfigError("TrainConfig: temperature must be positive")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ConfigError(f"TrainConfig: max_train_samples must be >= 1 (or null for all), got {self.max_train_samples}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -120,8 +89,6 @@ def train_backbone(
 ) -> Path:
     """Train on ``data['train']`` (complete data; missingness is simulated by subsets), pick
     the best epoch by ``data['val']``, export the best weights to safetensors."""
-    from dymo.training.module import BackboneModule
-
     backbone = backbone or BackboneConfig()
     train = train or TrainConfig()
     run = Path(run_dir)
