@@ -3,7 +3,7 @@
 Generates (once, in ``--root``) a bundle with ``--modalities`` vector modalities (an untrained
 backbone of the default width, calibrated; mean recovery) and an input folder of ``--n``
 samples, each modality absent with probability 0.5 (at least one present). Then runs, as
-separate commands under ``/usr/bin/time -v``, ``python -m dymo.cli predict`` with one process
+separate commands under ``/usr/bin/time -v``, ``python -m dymo.cli.main predict`` with one process
 and with ``--devices 2 --strategy ddp`` (CPU, gloo), ``OMP_NUM_THREADS=1`` for both, and
 reports wall time, peak resident memory (the largest process) and whether the two outputs are
 byte-identical::
@@ -68,7 +68,7 @@ def make_inputs(root: Path, n: int, m: int, dim: int, seed: int = 0) -> Path:
 
 def timed_predict(bundle: Path, inp: Path, out: Path, extra: list[str], batch_size: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "dymo.cli", "predict", str(bundle), str(inp),
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "dymo.cli.main", "predict", str(bundle), str(inp),
            "--out", str(out), "--batch-size", str(batch_size), *extra]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -51,7 +51,7 @@ def write_vector_inputs(root: Path, specs, n: int, seed: int = 0, missing: float
 
 def dymo(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "dymo.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "dymo.cli.main", *args], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     return r
 

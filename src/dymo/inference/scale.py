@@ -10,7 +10,7 @@ set ``OMP_NUM_THREADS``; Lightning otherwise divides the cores among the process
 bounded by one chunk per process plus what the caller streams.
 
 With ``strategy="ddp"`` Lightning starts the other processes by re-running the current command
-(``python -m dymo.cli ...`` or the ``dymo`` script); ``parts_dir`` must be on a file system
+(``python -m dymo.cli.main ...`` or the ``dymo`` script); ``parts_dir`` must be on a file system
 every process sees (for ``num_nodes > 1``, a shared one).
 """
 

@@ -1,3 +1,0 @@
-from dymo.cli.main import app
-
-app(prog_name="dymo")
