@@ -125,3 +125,24 @@ def test_calibrate_two_processes_equal_one(tmp_path):
     direct = compute_calibration(load_backbone(run), data["train"], batch_size=16, progress=False, samples_per_class=12)
     torch.testing.assert_close(cal.prototypes, direct.prototypes, atol=1e-6, rtol=0)
     torch.testing.assert_close(cal.sigma, direct.sigma, atol=1e-6, rtol=0)
+
+
+def test_evaluate_two_processes_equal_one(tmp_path):
+    from dymo.training import TrainConfig, train_backbone
+
+    data = make_synthetic_splits(60, 20, 40, kinds=KINDS, vector_dim=6)
+    data.save(tmp_path / "data")
+    run = train_backbone(data, tmp_path / "run", BackboneConfig(dim=16, heads=2, depth=2, proj_dim=8),
+                         TrainConfig(epochs=1, batch_size=32), data_ref={"name": str(tmp_path / "data")},
+                         progress=False, evaluate_test=False)
+    dymo("calibrate", str(run), "--samples-per-class", "10")
+    get_recoverer("mean").fit(data["train"], progress=False).save(tmp_path / "rec")
+    base = ["evaluate", str(run), "--recovery", str(tmp_path / "rec"), "--method", "discard,fuse-all,dymo",
+            "--batch-size", "16"]
+    dymo(*base, "--out", str(tmp_path / "one.json"))
+    dymo(*base, "--out", str(tmp_path / "two.json"), "--devices", "2", "--strategy", "ddp")
+    one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    for m in ("discard", "fuse-all", "dymo"):
+        for key, value in one[m].items():
+            if key != "seconds":
+                assert two[m][key] == value, (m, key)

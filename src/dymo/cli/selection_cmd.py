@@ -97,6 +97,10 @@ def evaluate_cmd(
     value_missing: str | None = typer.Option(None, help="Partly missing tables on top: value:GAMMA or feature:GAMMA (vector modalities)."),
     batch_size: int = typer.Option(512),
     out: Path | None = typer.Option(None, help="Also write the metrics as JSON here."),
+    accelerator: str = typer.Option("cpu", help="Lightning accelerator (with --devices/--strategy/--num-nodes)."),
+    devices: str = typer.Option("1", help=SCALE_HELP + " Other than 1: the batches run through Lightning."),
+    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp (processes start by re-running this command)."),
+    num_nodes: int = typer.Option(1, help="Lightning: machines (the run folder must be shared)."),
 ) -> None:
     """Evaluate selection methods under a missing-modality scenario; prints accuracy, steps and acceptance."""
     from dymo.data.registry import open_dataset
@@ -114,7 +118,14 @@ def evaluate_cmd(
     rec = load_recoverer(recovery) if recovery else None
     methods = [m.strip() for m in method.split(",") if m.strip()]
     selection = {"max_added": max_added} if max_added is not None else {}
-    metrics = evaluate_methods(backbone, cal, rec, dataset[split], missing, methods, seed=seed, batch_size=batch_size, selection=selection, value_missing=value_missing)
+    scaled = devices != "1" or strategy != "auto" or num_nodes != 1
+    scale = scale_options(accelerator, devices, strategy, num_nodes) if scaled else None
+    metrics = evaluate_methods(
+        backbone, cal, rec, dataset[split], missing, methods, seed=seed, batch_size=batch_size, selection=selection,
+        value_missing=value_missing, scale=scale, parts_dir=run / ".evaluate.parts",
+    )
+    if metrics is None:  # not the first process
+        return
     print_metrics(metrics, title=f"{ref}/{split} — missing {missing}" + (f", values {value_missing}" if value_missing else "") + f", seed {seed}")
     if out:
         write_json(out, {m: v.to_dict() for m, v in metrics.items()})
