@@ -127,3 +127,14 @@ def test_lazy_pool_is_per_class_and_unseen_pairs_are_named():
         LazyCalibration(model, ds2, samples_per_class=7, overall_subsets=7)
     with pytest.raises(ConfigError):
         LazyCalibration(model, ds, samples_per_class=0)
+
+
+def test_cli_default_sample_size_is_the_library_default():
+    import inspect
+
+    from dymo.cli.selection_cmd import calibrate_cmd
+    from dymo.selection.calibration import DEFAULT_SAMPLES_PER_CLASS
+
+    option = inspect.signature(calibrate_cmd).parameters["samples_per_class"].default
+    assert option.default == DEFAULT_SAMPLES_PER_CLASS
+    assert inspect.signature(compute_calibration).parameters["samples_per_class"].default == DEFAULT_SAMPLES_PER_CLASS
