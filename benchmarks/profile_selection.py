@@ -53,6 +53,45 @@ class Timers:
         return inner
 
 
+def baseline_backbone(backbone: Any, commit: str) -> Any:
+    """The same weights in ``FlexibleBackbone`` as ``src/dymo/models/backbone.py`` was at ``commit``."""
+    import subprocess
+    import sys
+    import types
+
+    code = subprocess.run(["git", "show", f"{commit}:src/dymo/models/backbone.py"], capture_output=True, text=True,
+                          check=True, cwd=HERE.parent).stdout
+    module = types.ModuleType("baseline_backbone")
+    sys.modules["baseline_backbone"] = module  # dataclasses look their module up
+    exec(compile(code, f"{commit}:backbone.py", "exec"), module.__dict__)
+    old = module.FlexibleBackbone(backbone.specs, backbone.num_classes, backbone.config)
+    old.load_state_dict(backbone.state_dict())
+    return old.eval()
+
+
+@torch.no_grad()
+def compare_with_baseline(new: Any, old: Any, parts: Any, cal: Any, repeats: int) -> tuple[int, float, float]:
+    """Decisions (final subsets, predictions) of DyMo with both fusions, and their median times."""
+    same = 0
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for r in range(repeats + 1):
+        acc = {"old": 0.0, "new": 0.0}
+        for j, (d, o) in enumerate(parts):
+            res = {}
+            for k in (("old", "new") if (r + j) % 2 == 0 else ("new", "old")):
+                bb = old if k == "old" else new
+                t0 = time.perf_counter()
+                tokens = bb.encode(d, torch.ones_like(o))
+                res[k] = select_with_backbone(bb, tokens, o, ~o, cal)
+                acc[k] += time.perf_counter() - t0
+            if r == 0:
+                same += int(((res["old"].used == res["new"].used).all(1) & (res["old"].predictions == res["new"].predictions)).sum())
+        if r:
+            for k in acc:
+                times[k].append(acc[k])
+    return same, statistics.median(times["old"]), statistics.median(times["new"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="polymnist", choices=["polymnist", "synthetic"])
@@ -65,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-profile", action="store_true")
+    p.add_argument("--baseline-commit", default=None, help="also compare with the fusion of this commit (same weights)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -133,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             rounds["b project"].append(t.get("b project", 0.0))
             rounds["b score"].append(t["b score"])
             rounds["b search rest"].append(t["b select"] - t.get("b project", 0.0) - t["b fuse"] - t["b score"])
+        if args.baseline_commit:
+            old_bb = baseline_backbone(backbone, args.baseline_commit)
+            same, t_old, t_new = compare_with_baseline(backbone, old_bb, parts, cal, args.repeats)
+            print(f"\nrandom:{eta}: fusion of commit {args.baseline_commit} vs this tree, same weights: "
+                  f"identical decisions on {same}/{n} samples; DyMo (encode + select) median "
+                  f"{1000 * t_old / n:.3f} vs {1000 * t_new / n:.3f} ms/sample ({t_old / t_new:.2f}x)")
         med = {k: statistics.median(v) for k, v in rounds.items()}
         ms = {k: 1000 * v / n for k, v in med.items()}
         print(f"\nrandom:{eta}: {n} samples, batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats}")
