@@ -67,6 +67,42 @@ def recovered_inputs(backbone: Any, train: Any, val: Any, eta: float, args: argp
     return torch.cat(parts), observed
 
 
+def compare_full(args: argparse.Namespace) -> int:
+    """The full calibration with this tree's backbone against the backbone (fusion) of
+    ``--baseline-commit`` with the same weights, interleaved twice; the statistics must agree."""
+    import sys
+
+    from dymo.data.registry import open_dataset
+    from dymo.training.run import load_backbone
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from profile_selection import baseline_backbone
+
+    new = load_backbone(args.run).eval()
+    old = baseline_backbone(new, args.baseline_commit)
+    train = open_dataset(args.data)["train"]
+    if args.n_train is not None and args.n_train < len(train):
+        train = train.subset(np.arange(args.n_train))
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    cals = {}
+    for r in range(2):
+        for k in (("old", "new") if r == 0 else ("new", "old")):
+            t0 = time.perf_counter()
+            cals[k] = compute_calibration(new if k == "new" else old, train, progress=False, samples_per_class=None)
+            times[k].append(time.perf_counter() - t0)
+            print(f"{k}: {times[k][-1]:.1f} s", flush=True)
+    diff_p = float((cals["old"].prototypes - cals["new"].prototypes).abs().max())
+    diff_s = float(((cals["old"].sigma - cals["new"].sigma).abs() / cals["old"].sigma).max())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"full calibration of {len(train)} samples, {args.threads} thread(s): fusion of {args.baseline_commit} "
+          f"{med['old']:.1f} s, this tree {med['new']:.1f} s: {med['old'] / med['new']:.2f}x; "
+          f"max |prototype difference| {diff_p:.1e}, max relative sigma difference {diff_s:.1e}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / "calibration_full_vs_baseline.json", {"seconds": times, "baseline_commit": args.baseline_commit,
+               "train_samples": len(train), "max_prototype_diff": diff_p, "max_rel_sigma_diff": diff_s})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="trained backbone run folder")
@@ -80,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
+    p.add_argument("--baseline-commit", default=None,
+                   help="only time the full calibration with this tree's fusion against the fusion of an earlier commit")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.baseline_commit:
+        return compare_full(args)
 
     from dymo.data.registry import open_dataset
     from dymo.training.run import load_backbone

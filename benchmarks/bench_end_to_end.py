@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dymo.evaluation.pipeline import hide_missing, scenario_mask
+from dymo.evaluation.engine import poison_missing
+from dymo.evaluation.pipeline import scenario_mask
 from dymo.selection import Calibration, select_with_backbone
 from dymo.utils.io import write_json
 
@@ -92,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     labels = torch.cat([b.labels for b in batches])
 
     def recover(rec: Any, full: Any) -> Any:
-        hidden = hide_missing(full)
+        hidden = poison_missing(full)
         if hasattr(rec, "reset"):  # seeded wrappers: the same draws for every pipeline
             rec.reset()
         return rec.recover(full if getattr(rec, "reads_missing", False) else hidden), hidden.observed
 
     @torch.no_grad()
     def discard(rec: Any, full: Any) -> torch.Tensor:
-        hidden = hide_missing(full)
+        hidden = poison_missing(full)
         return backbone.fuse(backbone.encode(hidden.data, hidden.observed), hidden.observed).logits.argmax(1)
 
     @torch.no_grad()

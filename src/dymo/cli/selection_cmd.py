@@ -31,8 +31,10 @@ def calibrate_cmd(
     data: str | None = typer.Option(None, help="Dataset (default: the one the run was trained on)."),
     max_samples: int | None = typer.Option(None, help="Use only the first N training samples (default: all)."),
     batch_size: int = typer.Option(512),
-    samples_per_class: int = typer.Option(512, help="Training samples per (subset, class) pair (a seeded sample; see docs/selection.md)."),
-    full: bool = typer.Option(False, "--full", help="Use every training sample for every subset (slower, the exact statistics)."),
+    samples_per_class: int | None = typer.Option(
+        None, help="Estimate each (subset, class) pair from this many training samples (a seeded sample, faster, "
+        "approximate; see docs/selection.md). Default: every sample."
+    ),
     seed: int = typer.Option(0, help="Seed of the calibration sample."),
     accelerator: str = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto."),
     devices: str = typer.Option("1", help=SCALE_HELP),
@@ -60,7 +62,7 @@ def calibrate_cmd(
     train = open_dataset(ref)["train"]
     if max_samples is not None and max_samples < len(train):
         train = train.subset(range(max_samples))
-    plan = calibration_plan(train, None if full else samples_per_class, seed, batch_size)
+    plan = calibration_plan(train, samples_per_class, seed, batch_size)
 
     def process(i: int, device: Any) -> bytes:
         codes, labels, z = calibration_item_features(backbone, train, plan[i])
@@ -79,7 +81,7 @@ def calibrate_cmd(
 
     cal = finish_calibration(features(), train, backbone.config.metric)
     cal.save(run / CALIBRATION_FILE)
-    how = "every sample" if full else f"at most {samples_per_class} samples per (subset, class)"
+    how = "every sample" if samples_per_class is None else f"at most {samples_per_class} samples per (subset, class)"
     console.print(f"[green]calibrated[/] on {len(train)} training samples ({how}) -> {run / CALIBRATION_FILE}")
 
 

@@ -272,9 +272,13 @@ def _rank_within_key(key: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-#: Default of ``samples_per_class``: training samples per (subset, class) pair. Chosen by
-#: measurement (``benchmarks/bench_calibration.py``, see ``benchmarks/README.md``).
-DEFAULT_SAMPLES_PER_CLASS = 512
+#: Default of ``samples_per_class`` for :func:`compute_calibration`: every sample. Chosen by
+#: measurement (``benchmarks/bench_calibration.py``, ``benchmarks/README.md``): DyMo's decisions
+#: are sensitive to the statistics' sampling error (rewards of order 1e-2 change sign), so a
+#: sample of 512 per (subset, class) leaves 4-6% of validation decisions different.
+DEFAULT_SAMPLES_PER_CLASS: int | None = None
+#: Pool per class of :class:`LazyCalibration` (used where the full table is impractical).
+LAZY_SAMPLES_PER_CLASS = 512
 
 
 def sample_size_rule(samples_per_class: int) -> str:
@@ -397,7 +401,7 @@ def compute_calibration(
 
     ``samples_per_class``: every (subset, class) pair is estimated from (at most) this many
     training samples, the first ones of a seeded random permutation of ``dataset`` that observe
-    the subset (``None``: every sample, the full calibration). The pass stops as soon as every
+    the subset (``None``, the default: every sample, the full calibration). The pass stops as soon as every
     pair has its samples, so its cost is about ``samples_per_class x classes`` samples instead
     of ``len(dataset)``; :func:`sample_size_rule` states the resulting accuracy.
 
@@ -461,7 +465,7 @@ class LazyCalibration:
         self,
         backbone: Any,
         dataset: Any,
-        samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS,
+        samples_per_class: int = LAZY_SAMPLES_PER_CLASS,
         seed: int = 0,
         temperature: float = 0.1,
         overall_subsets: int = 64,
