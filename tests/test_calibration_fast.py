@@ -48,7 +48,7 @@ def test_incomplete_training_set_fills_each_pair_from_the_samples_that_observe_i
     observed[::4, 2] = False  # a quarter lacks m2
     ds = make_dataset(n, observed)
     model = StubBackbone("euclidean")
-    k, seed = 4, 1
+    k, seed = 6, 1
     cal = compute_calibration(model, ds, batch_size=8, progress=False, samples_per_class=k, seed=seed)
     order = np.random.default_rng(seed).permutation(n)
     for code in (3, 4, 7):  # {m0, m1}, {m2}, all
@@ -64,6 +64,8 @@ def test_incomplete_training_set_fills_each_pair_from_the_samples_that_observe_i
 def test_sample_size_is_validated_and_stated():
     with pytest.raises(ConfigError, match="samples_per_class"):
         compute_calibration(StubBackbone("cosine"), make_dataset(), progress=False, samples_per_class=0)
+    with pytest.raises(ConfigError, match="min_samples"):
+        compute_calibration(StubBackbone("cosine"), make_dataset(), progress=False, samples_per_class=3)
     assert "3.1%" in sample_size_rule(512)
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dymo.cli.common import console, friendly_errors
+from dymo.cli.common import check_positive, check_unique, console, friendly_errors
+from dymo.errors import ConfigError
 
 app = typer.Typer()  # calibrate / evaluate / predict / bundle, added to the root by dymo.cli.main
 
@@ -41,7 +42,7 @@ def calibrate_cmd(
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp (processes start by re-running this command)."),
     num_nodes: int = typer.Option(1, help="Lightning: machines (the run folder must be shared)."),
 ) -> None:
-    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set."""
+    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set (a sample counts for the subsets it observes)."""
     import io
 
     import torch
@@ -51,14 +52,20 @@ def calibrate_cmd(
     from dymo.selection.calibration import (
         calibration_item_features,
         calibration_plan,
+        check_sample_size,
         finish_calibration,
     )
-    from dymo.training.run import load_backbone
-    from dymo.utils.io import read_json
+    from dymo.training.run import load_backbone, read_run_config
+    from dymo.utils.artifact import check_output, sha256_file
 
+    check_positive(batch_size, "--batch-size")
+    check_positive(max_samples, "--max-samples")
+    check_positive(samples_per_class, "--samples-per-class")
+    check_sample_size(samples_per_class, 5)
     options = scale_options(accelerator, devices, strategy, num_nodes)
     backbone = load_backbone(run)
-    ref = data or read_json(run / "config.json")["data"]["name"]
+    check_output(run / CALIBRATION_FILE, "calibration", replace=True, option="calibration file")
+    ref = data or read_run_config(run)["data"]["name"]
     train = open_dataset(ref)["train"]
     if max_samples is not None and max_samples < len(train):
         train = train.subset(range(max_samples))
@@ -80,7 +87,8 @@ def calibrate_cmd(
             yield d["codes"], d["labels"], d["z"]
 
     cal = finish_calibration(features(), train, backbone.config.metric)
-    cal.save(run / CALIBRATION_FILE)
+    # Records the weights it was computed with: a retrained backbone makes it stale (refused).
+    cal.save(run / CALIBRATION_FILE, backbone_sha256=sha256_file(run / "backbone.safetensors"))
     how = "every sample" if samples_per_class is None else f"at most {samples_per_class} samples per (subset, class)"
     console.print(f"[green]calibrated[/] on {len(train)} training samples ({how}) -> {run / CALIBRATION_FILE}")
 
@@ -99,6 +107,7 @@ def evaluate_cmd(
     value_missing: str | None = typer.Option(None, help="Partly missing tables on top: value:GAMMA or feature:GAMMA (vector modalities)."),
     batch_size: int = typer.Option(512),
     out: Path | None = typer.Option(None, help="Also write the metrics as JSON here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing metrics file written by dymo."),
     accelerator: str = typer.Option("cpu", help="Lightning accelerator (with --devices/--strategy/--num-nodes)."),
     devices: str = typer.Option("1", help=SCALE_HELP + " Other than 1: the batches run through Lightning."),
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp (processes start by re-running this command)."),
@@ -109,16 +118,27 @@ def evaluate_cmd(
     from dymo.evaluation.pipeline import evaluate_methods
     from dymo.recovery.registry import load_recoverer
     from dymo.selection.calibration import Calibration
-    from dymo.training.run import load_backbone
-    from dymo.utils.io import read_json, write_json
+    from dymo.training.run import load_backbone, read_run_config
+    from dymo.utils.artifact import check_output
+    from dymo.utils.io import write_json
 
+    check_positive(batch_size, "--batch-size")
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("--method: name at least one method")
+    check_unique(methods, "--method")
+    if out is not None:
+        if out.suffix.lower() != ".json":
+            raise ConfigError(f"--out {out}: the metrics file must end in .json")
+        check_output(out, "metrics", force=force)
     backbone = load_backbone(run)
     cal_path = run / CALIBRATION_FILE
     cal = Calibration.load(cal_path) if cal_path.exists() else None
-    ref = data or read_json(run / "config.json")["data"]["name"]
+    if cal is not None:
+        cal.check_backbone(run / "backbone.safetensors", cal_path, f"run `dymo calibrate {run}` again")
+    ref = data or read_run_config(run)["data"]["name"]
     dataset = open_dataset(ref)
     rec = load_recoverer(recovery) if recovery else None
-    methods = [m.strip() for m in method.split(",") if m.strip()]
     selection = {"max_added": max_added} if max_added is not None else {}
     scaled = devices != "1" or strategy != "auto" or num_nodes != 1
     scale = scale_options(accelerator, devices, strategy, num_nodes) if scaled else None
@@ -149,7 +169,7 @@ def print_metrics(metrics: dict, title: str) -> None:
     Console().print(table)
 
 
-def _predict_records(clf: Any, folder: Any, chunk: list[str], selection: Any) -> list[dict]:
+def _predict_records(clf: Any, folder: Any, chunk: list[str], selection: Any, preprocessed: bool) -> list[dict]:
     """Records of one chunk of sample ids, in the chunk's order (errors included)."""
     import re
 
@@ -157,6 +177,7 @@ def _predict_records(clf: Any, folder: Any, chunk: list[str], selection: Any) ->
 
     records: dict[str, dict] = {}
     batch, errors = folder.load(chunk)
+    batch.preprocessed = preprocessed
     ok = [i for i, sid in enumerate(chunk) if sid not in errors]
     if ok:
         try:
@@ -179,7 +200,9 @@ def _predict_records(clf: Any, folder: Any, chunk: list[str], selection: Any) ->
 
 
 def _csv_columns(class_names: list[str]) -> list[str]:
-    return ["sample", "status", "predicted_class", *[f"p_{c}" for c in class_names], "observed", "recovered", "used", "steps", "error"]
+    from dymo.utils.artifact import PREDICTIONS_HEADER
+
+    return [*PREDICTIONS_HEADER.split(","), *[f"p_{c}" for c in class_names], "observed", "recovered", "used", "steps", "error"]
 
 
 def _format_records(records: list[dict], fmt: str, class_names: list[str]) -> bytes:
@@ -209,10 +232,16 @@ def _format_records(records: list[dict], fmt: str, class_names: list[str]) -> by
 @friendly_errors
 def predict_cmd(
     bundle: Path = typer.Argument(..., help="Model bundle folder (see `dymo bundle` / the demo)."),
-    input: Path = typer.Argument(..., help="Input folder: <modality>/<id>.png for images, <modality>.csv for vectors/text."),
+    input: Path = typer.Argument(..., help="Input folder: <modality>/<id>.<ext> for images, <modality>.csv (header id,...) for vectors/text."),
     out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
-    batch_size: int = typer.Option(256),
+    batch_size: int = typer.Option(256, help="Samples per forward pass (>= 1)."),
     method: str | None = typer.Option(None, help="Override the bundle's selection method."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing predictions file written by dymo."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every bundle file against its sha256 (skip for speed)."),
+    inputs: str = typer.Option(
+        "raw", help="raw: vector CSVs hold values as in the source data (the model's standardisation is applied); "
+        "model: they are already standardised."
+    ),
     accelerator: str = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto."),
     devices: str = typer.Option("1", help=SCALE_HELP),
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp (processes start by re-running this command)."),
@@ -220,25 +249,38 @@ def predict_cmd(
 ) -> None:
     """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards.
 
-    Samples are read and predicted one batch at a time (bounded memory) and written as they
-    come; with --devices/--strategy the batches are shared among processes (the output is the
-    same as with one process)."""
+    Inputs are raw by default: images as files (any Pillow format and bit depth), vector values as
+    in the source data, text as plain strings; the bundle's own preprocessing (stored in its
+    specs, summarised under "inputs" in bundle.json) is applied as in training. One output row per
+    sample, in the order the ids are first seen. The rules: docs/inputs.md. Samples are read,
+    predicted and written one batch at a time (bounded memory); with --devices/--strategy the
+    batches are shared among processes and the output is the same as with one process.
+    """
     import csv
     import io
 
+    from dymo.errors import ConfigError
     from dymo.inference.classifier import DyMoClassifier
     from dymo.inference.folder import InputFolder
     from dymo.inference.scale import run_chunks
     from dymo.selection.selector import SelectionConfig
+    from dymo.utils.artifact import check_output
     from dymo.utils.io import atomic_write
 
+    # every option is checked before any work
     if out.suffix.lower() not in (".csv", ".json"):
-        raise typer.BadParameter("--out must end in .csv or .json")
-    if batch_size < 1:
-        raise typer.BadParameter("--batch-size must be >= 1")
+        raise ConfigError(f"--out {out}: must end in .csv or .json")
+    check_positive(batch_size, "--batch-size")
+    if inputs not in ("raw", "model"):
+        raise ConfigError(f"--inputs must be 'raw' or 'model', got {inputs!r}")
+    if method is not None:
+        SelectionConfig(method=method)  # type: ignore[arg-type]  # ConfigError naming the known methods
+    check_output(out, "predictions", force=force, inputs=[bundle, input])
+    clf = DyMoClassifier.from_pretrained(bundle, verify=verify)
     options = scale_options(accelerator, devices, strategy, num_nodes)
-    clf = DyMoClassifier.from_pretrained(bundle)
     folder = InputFolder.scan(input, clf.specs)
+    for note in folder.notes:
+        console.print(f"note: {note}", soft_wrap=True)
     selection = SelectionConfig.from_dict({**clf.selection.to_dict(), "method": method}) if method else None
     ids = folder.ids
     fmt = out.suffix.lower()[1:]
@@ -246,7 +288,7 @@ def predict_cmd(
     counts = {"error": 0}
 
     def process(i: int, device: Any) -> bytes:
-        records = _predict_records(clf, folder, ids[i * batch_size : (i + 1) * batch_size], selection)
+        records = _predict_records(clf, folder, ids[i * batch_size : (i + 1) * batch_size], selection, inputs == "model")
         return _format_records(records, fmt, clf.class_names)
 
     parts = run_chunks(num_chunks, process, out.parent / f".{out.name}.parts", options, model=clf.backbone)
@@ -279,11 +321,14 @@ def bundle_cmd(
     recovery: Path = typer.Option(..., help="Recovery run folder."),
     out: Path = typer.Option(..., help="Bundle folder to write."),
     method: str = typer.Option("dymo", help="Default selection method of the bundle."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle (never anything else)."),
 ) -> None:
     """Assemble a model bundle (backbone + calibration + recoverer + selection config) for `dymo predict`."""
     from dymo.inference.classifier import DyMoClassifier
     from dymo.selection.selector import SelectionConfig
+    from dymo.utils.artifact import check_output
 
-    clf = DyMoClassifier.from_run(run, recovery, SelectionConfig(method=method))  # type: ignore[arg-type]
-    clf.save_pretrained(out)
+    check_output(out, "bundle", force=force, inputs=[run, recovery])  # before any work
+    clf = DyMoClassifier.from_run(run, recovery, SelectionConfig.from_dict({"method": method}))
+    clf.save_pretrained(out, force=force, inputs=[run, recovery])
     console.print(f"[green]bundle[/] written to {out}")

@@ -27,6 +27,7 @@ from dymo.selection.selector import (
     SEARCHING,
     SelectionConfig,
     SelectionResult,
+    canonical_name,
 )
 
 NEEDS_RECOVERY = {"dymo", "iterative", "simultaneous", "fuse-all"}
@@ -71,6 +72,7 @@ def evaluate_methods(
     over several processes (``parts_dir``: a folder every process sees); the metrics are the
     same as in one process, returned by the first process (``None`` in the others).
     """
+    methods = [canonical_name(m) for m in methods]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown selection method(s) {unknown}; known: {list(METHODS)}")
@@ -84,6 +86,13 @@ def evaluate_methods(
     obs_all = observed.bool() if observed is not None else scenario_mask(scenario, n, mods, seed)
     if obs_all.shape != (n, len(mods)):
         raise ConfigError(f"observed mask shape {tuple(obs_all.shape)} does not match the dataset ({n}, {len(mods)})")
+    own = torch.as_tensor(dataset.observed, dtype=torch.bool)
+    if not bool(own.all()):
+        # The split itself misses modalities (e.g. a folder dataset): what it lacks stays missing
+        # whatever the scenario says; a sample the scenario would leave empty keeps its first own one.
+        obs_all = obs_all & own
+        empty = torch.nonzero(~obs_all.any(1)).flatten()
+        obs_all[empty, own[empty].float().argmax(1)] = True
     if value_missing is not None:
         from dymo.data.scenarios import apply_value_missing
 

@@ -56,9 +56,7 @@ from dymo.recovery.base import (
     Recoverer,
     RecovererConfig,
     merge_recovered,
-    require_complete,
     require_weights,
-    sanitize_missing,
 )
 from dymo.utils.io import load_tensors, save_tensors
 from dymo.utils.subsets import all_subsets, masks_to_codes
@@ -356,21 +354,45 @@ class MoPoEModel(nn.Module):
         pairs = [self.encode(name, data[name]) for name in self.modalities]
         return torch.stack([p[0] for p in pairs], 1), torch.stack([p[1] for p in pairs], 1)
 
-    def loss(self, data: dict[str, torch.Tensor], generator: torch.Generator | None = None, kl_weight: float = 1.0) -> LossTerms:
-        """The MoPoE objective (see the module doc) on complete data in network units."""
+    def loss(
+        self,
+        data: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        kl_weight: float = 1.0,
+        observed: torch.Tensor | None = None,
+    ) -> LossTerms:
+        """The MoPoE objective (see the module doc) on data in network units.
+
+        With ``observed`` (bool ``[B, M]``, an incomplete training set) a sample's mixture runs
+        over the subsets of what it observes only (PoE of observed experts; KL averaged over
+        those subsets; the sampled subset drawn among them) and only its observed modalities
+        are reconstructed. Complete data take the original path.
+        """
         mu, logvar = self.encode_all(data)
         b = mu.shape[0]
         subsets = self.subsets
         mu_s, logvar_s = product_of_experts(mu.unsqueeze(0), logvar.unsqueeze(0), subsets[:, None, :], self.config.prior_expert)
-        kl = kl_to_standard_normal(mu_s, logvar_s).mean(0)  # [B], uniform mixture weights
-        pick = torch.randint(len(subsets), (b,), generator=generator).to(mu.device)
         rows = torch.arange(b, device=mu.device)
+        if observed is None or bool(observed.all()):
+            kl = kl_to_standard_normal(mu_s, logvar_s).mean(0)  # [B], uniform mixture weights
+            pick = torch.randint(len(subsets), (b,), generator=generator).to(mu.device)
+            seen = None
+        else:
+            seen = observed.to(mu.device)
+            valid = ~(subsets[:, None, :] & ~seen[None, :, :]).any(-1)  # [S, B]: subset within observed
+            if not bool(valid.any(0).all()):
+                raise DataError(f"mopoe: sample {int(torch.nonzero(~valid.any(0))[0])} of the batch observes no modality")
+            w = valid.float()
+            kl = (kl_to_standard_normal(mu_s, logvar_s) * w).sum(0) / w.sum(0)
+            u = torch.rand(valid.shape, generator=generator).to(mu.device)
+            pick = torch.where(valid, u, torch.full_like(u, -1.0)).argmax(0)
         m, lv = mu_s[pick, rows], logvar_s[pick, rows]
         eps = torch.randn(m.shape, generator=generator).to(mu.device)
         z = m + torch.exp(0.5 * lv) * eps
         rec = torch.zeros(b, device=mu.device)
-        for spec in self.specs:
-            rec = rec + self.nll(spec, self.decode(spec.name, z), data[spec.name])
+        for j, spec in enumerate(self.specs):
+            nll = self.nll(spec, self.decode(spec.name, z), data[spec.name])
+            rec = rec + (nll if seen is None else nll * seen[:, j])
         rec_mean, kl_mean = rec.mean(), kl.mean()
         return LossTerms(rec_mean + self.config.beta * kl_weight * kl_mean, rec_mean, kl_mean)
 
@@ -417,10 +439,13 @@ class MoPoERecoverer(Recoverer):
 
     def _fit(self, train: MultimodalDataset, progress: bool) -> None:
         cfg = self.config
-        require_complete(train, "mopoe", "MoPoE trains on complete samples")
+        # Incomplete training sets are fine: each sample trains on the subsets it observes (see
+        # MoPoEModel.loss); the vector scalers are fitted on observed rows only.
         model = self._build_model()
+        complete = bool(train.observed.all())
         for name, scaler in model.scalers.items():
-            scaler.set(train.arrays[name])  # type: ignore[operator]
+            rows = train.observed[:, train.modalities.index(name)]
+            scaler.set(np.asarray(train.arrays[name]) if complete else np.asarray(train.arrays[name])[rows])  # type: ignore[operator]
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.model, self.history = model, []
         start = 0
@@ -441,8 +466,13 @@ class MoPoERecoverer(Recoverer):
                 loader = train.loader(cfg.batch_size, shuffle=True, seed=_epoch_seed(cfg.seed, epoch, 0))
                 for step, batch in enumerate(loader):
                     w = _kl_weight(epoch, step, steps, cfg.kl_warmup_epochs)
-                    data = {k: model.prepare(k, v.to(self.device)) for k, v in batch.data.items()}
-                    terms = model.loss(data, gen, w)
+                    if complete:
+                        data = {k: model.prepare(k, v.to(self.device)) for k, v in batch.data.items()}
+                        terms = model.loss(data, gen, w)
+                    else:
+                        clean = batch.with_missing_zeroed().to(self.device)
+                        data = {k: model.prepare(k, v) for k, v in clean.data.items()}
+                        terms = model.loss(data, gen, w, clean.observed)
                     if not torch.isfinite(terms.loss):
                         raise DataError(
                             f"mopoe: loss became {terms.loss.item()} at epoch {epoch + 1}, step {step + 1}; "
@@ -570,7 +600,7 @@ class MoPoERecoverer(Recoverer):
         self.check_batch(batch)
         model = self._model()
         model.eval()
-        clean = sanitize_missing(batch)
+        clean = batch.with_missing_zeroed()
         data = {k: model.prepare(k, v.to(self.device)) for k, v in clean.data.items()}
         mus, logvars = model.encode_all(data)
         obs = batch.observed.to(self.device)

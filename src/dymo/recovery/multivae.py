@@ -25,7 +25,8 @@ private ``(style_mu, style_logvar)``; the decoders take ``[z, w_m]``. Images are
 vectors are standardised with training statistics and get a Gaussian likelihood. Text
 modalities are not supported.
 
-Training (:meth:`MultiVaeRecoverer.fit`) is on complete samples. ``trainer="dymo"`` (default)
+Training (:meth:`MultiVaeRecoverer.fit`) is on complete samples (an incomplete training set is
+reduced to its complete rows, with a warning). ``trainer="dymo"`` (default)
 runs MultiVae's objective (``model(inputs).loss``, Adam, ``model.update()`` after each epoch:
 what MultiVae's ``BaseTrainer.train_step`` does) in a local loop over dymo's loader, with the
 randomness seeded per epoch in a forked RNG and nothing written to disk. ``trainer="multivae"``
@@ -76,8 +77,8 @@ from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import (
     Recoverer,
     RecovererConfig,
+    complete_rows,
     group_by_pattern,
-    require_complete,
     require_weights,
 )
 from dymo.recovery.mopoe import (
@@ -345,7 +346,7 @@ class MultiVaeRecoverer(Recoverer):
     # -- fitting ---------------------------------------------------------------------------
     def _fit(self, train: MultimodalDataset, progress: bool) -> None:
         cfg = self.config
-        require_complete(train, self.name, "the MultiVae recoverers train on complete samples")
+        train = complete_rows(train, self.name, "the MultiVae recoverers train on complete samples")
         model = self._build_model()
         for name, scaler in self.scalers.items():
             scaler.set(train.arrays[name])  # type: ignore[operator]
