@@ -77,12 +77,12 @@ def test_predict_two_processes_equal_one(setup, suffix):
     assert not (root / f".{two.name}.parts").exists()
     if suffix == ".csv":
         rows = list(csv.DictReader(open(one)))
-        assert [r["sample"] for r in rows] == [f"s{i:07d}" for i in range(45)]
+        assert sorted(r["sample"] for r in rows) == [f"s{i:07d}" for i in range(45)]  # one row per sample
         assert all(r["status"] == "ok" for r in rows)
         assert any(r["recovered"] and r["used"] != r["observed"] for r in rows)  # real selections
     else:
         recs = json.loads(one.read_text())
-        assert len(recs) == 45 and recs[3]["sample"] == "s0000003"
+        assert sorted(r["sample"] for r in recs) == [f"s{i:07d}" for i in range(45)]
 
 
 def test_predict_through_lightning_equals_the_classifier(setup):
