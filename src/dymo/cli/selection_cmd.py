@@ -77,7 +77,7 @@ def calibrate_cmd(
         torch.save({"codes": codes, "labels": labels, "z": z}, buf)
         return buf.getvalue()
 
-    parts = run_chunks(len(plan), process, run / ".calibration.parts", options, model=backbone)
+    parts = run_chunks(len(plan), process, run / ".calibration.parts", options, model=backbone, target=run / CALIBRATION_FILE)
     if parts is None:  # not the first process
         return
 
@@ -291,7 +291,7 @@ def predict_cmd(
         records = _predict_records(clf, folder, ids[i * batch_size : (i + 1) * batch_size], selection, inputs == "model")
         return _format_records(records, fmt, clf.class_names)
 
-    parts = run_chunks(num_chunks, process, out.parent / f".{out.name}.parts", options, model=clf.backbone)
+    parts = run_chunks(num_chunks, process, out.parent / f".{out.name}.parts", options, model=clf.backbone, target=out)
     if parts is None:  # not the first process
         return
     with atomic_write(out, "wb") as f:

@@ -95,12 +95,15 @@ def run_chunks(
     parts_dir: str | os.PathLike,
     options: ScaleOptions,
     model: torch.nn.Module | None = None,
+    target: str | os.PathLike | None = None,
 ) -> Iterator[bytes] | None:
     """Compute ``process(i, device)`` for every chunk ``i`` over the processes of ``options``.
 
     Returns, in the first process only, an iterator over the chunk results in order (each read
     from disk when reached; the parts folder is removed once it is exhausted); ``None`` in the
-    other processes, which should then simply return.
+    other processes, which should then simply return. ``target``: the file the parts are for;
+    a failure to write a part (full or read-only disk) is reported for it, and the parts folder
+    is removed.
     """
     import lightning as L
 
@@ -120,7 +123,16 @@ def run_chunks(
     # at least one item per process (a process without any fails in Lightning's predict loop)
     loader = DataLoader(_Chunks(max(num_chunks, trainer.world_size)), batch_size=None, shuffle=False)
     module = _make_module(process, parts_dir, model, num_chunks)
-    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    try:
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    except OSError as e:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        if target is None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(target)) from None
+    except BaseException:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        raise
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return None
