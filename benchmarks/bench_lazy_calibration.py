@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     data = make_synthetic_splits(args.n_train, 300, args.n_test, kinds=("vector",) * m, num_classes=args.classes,
                                  vector_dim=8, signal=signal, seed=args.seed)
     t0 = time.perf_counter()
-    run = train_backbone(data, Path(args.out), BackboneConfig(dim=64, heads=4, depth=2, proj_dim=32),
-                         TrainConfig(epochs=args.epochs, batch_size=128, proto_start_epoch=1, seed=args.seed),
-                         progress=False, evaluate_test=False)
+    run = Path(args.out)
+    if not (run / "backbone.safetensors").exists():  # else reuse the backbone trained by an earlier run
+        train_backbone(data, run, BackboneConfig(dim=64, heads=4, depth=2, proj_dim=32),
+                       TrainConfig(epochs=args.epochs, batch_size=128, proto_start_epoch=1, seed=args.seed),
+                       progress=False, evaluate_test=False)
     train_s = time.perf_counter() - t0
     backbone = load_backbone(run).eval()
     train, test = data["train"], data["test"]
