@@ -48,7 +48,10 @@ def run_cell(args: argparse.Namespace, p: float, seed: int, mode: str) -> dict:
             mask = np.asarray(parse_scenario(f"random:{p}").sample(len(ds), len(ds.specs), seed=seed, names=ds.modalities))
             ds = ds.with_observed(mask)
         if mode == "complete":
-            ds = ds.subset(np.nonzero(ds.observed.all(1))[0])
+            keep = np.nonzero(ds.observed.all(1))[0]
+            if len(keep) == 0:
+                return {"p": p, "seed": seed, "mode": mode, "train_samples": 0, "error": f"no complete {name} sample"}
+            ds = ds.subset(keep)
         splits[name] = ds
     data = SplitDataset(data.name, data.specs, data.class_names, splits)
     n_train = len(data["train"])

@@ -493,3 +493,14 @@ def test_map_freezes_the_backbone_but_not_prompts(data):
     assert torch.equal(after["backbone.blocks.0.linear1.weight"], before["backbone.blocks.0.linear1.weight"])
     assert not torch.equal(after["prompts"], before["prompts"])
     assert not torch.equal(after["backbone.classifier.weight"], before["backbone.classifier.weight"])
+
+
+def test_m3care_trains_on_a_batch_of_one_without_nan(data):
+    """A one-sample batch has no other sample to impute from: zeros, finite loss and gradients."""
+    b = get_baseline("m3care", **tiny("m3care", epochs=1))
+    b.specs, b.class_names = list(data.specs), list(data.class_names)
+    net = b._build()
+    loss, _ = net.training_loss(data["train"].batch([0]), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

@@ -114,8 +114,10 @@ class M3CareNet(BaselineNet):
                 continue
             s = sim.masked_fill(~ref_used[:, m].unsqueeze(0), float("-inf"))  # references that have m
             top, idx = s.topk(min(self.neighbours, s.shape[1]), dim=1)
-            w = torch.softmax(top / self.temperature, dim=1)
-            w = torch.where(torch.isfinite(top), w, zero).nan_to_num(0.0)  # no usable reference: zeros
+            valid = torch.isfinite(top)
+            # Invalid slots (fewer usable references than k) get weight 0; a row with none at all
+            # imputes zeros. No -inf reaches the softmax, so no NaN reaches the gradient.
+            w = torch.softmax(top.masked_fill(~valid, -1e9) / self.temperature, dim=1) * valid
             filled = torch.einsum("bk,bkd->bd", w, ref[:, m][idx])
             out = torch.where(missing.view(-1, 1, 1) & (torch.arange(self.num_modalities, device=out.device) == m).view(1, -1, 1), filled.unsqueeze(1), out)
         return out

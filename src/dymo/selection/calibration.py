@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_FORMAT = "1"
 # A class seen once in a subset has sigma 0; d / 0 would make its ICS NaN or 0.
 MIN_SIGMA = 1e-6
+# Subsets named in the warning about thin (subset, class) pairs; the rest are counted.
+MAX_LISTED = 8
 
 
 def subset_name(code: int, modalities: tuple[str, ...] | list[str]) -> str:
@@ -359,9 +361,12 @@ def _fill_thin_pairs(
                     f"{min_samples} or more; cannot calibrate it"
                 )
     if borrowed:
+        items = sorted(borrowed.items())
+        shown = "; ".join(f"{subset_name(code, modalities)}: {', '.join(v)}" for code, v in items[:MAX_LISTED])
+        if len(items) > MAX_LISTED:
+            shown += f"; ... {len(items) - MAX_LISTED} more subsets (Calibration.thin_subsets() lists them all)"
         log.warning(
-            "calibration: %d (subset, class) pairs are observed by fewer than %d training samples and borrow "
-            "their statistics (class<-source): %s",
-            sum(len(v) for v in borrowed.values()), min_samples,
-            "; ".join(f"{subset_name(code, modalities)}: {', '.join(v)}" for code, v in sorted(borrowed.items())),
+            "calibration: %d (subset, class) pairs in %d subsets are observed by fewer than %d training samples and "
+            "borrow their statistics (class<-source): %s",
+            sum(len(v) for v in borrowed.values()), len(items), min_samples, shown,
         )
