@@ -162,14 +162,19 @@ def _cli_error(res, *fragments: str) -> str:
     return lines[0]
 
 
+def _png(path: Path, w: int, h: int, depth: int = 8, body: bytes = b"\0" * 64) -> None:
+    """An RGB PNG written by hand: ``body`` is the raw scanlines (each led by a filter byte 0)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b""))
+
+
 def _bomb_png(path: Path, w: int = 20000, h: int = 20000) -> None:
     """A PNG whose header claims w x h pixels (a decompression bomb), a few hundred bytes on disk."""
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    _png(path, w, h)
 
 
 def _save_images(folder: Path, split: MultimodalDataset, ids, idx) -> None:
@@ -458,3 +463,268 @@ def test_predict_folder_matches_evaluate_on_polymnist_mfeat_and_mnist_text(tmp_p
         assert accuracy == pytest.approx(metrics["dymo"].accuracy, abs=1e-6), name  # metrics hold float32
         probs = torch.cat([r.probabilities for r in results["dymo"]]).numpy()
         np.testing.assert_allclose(_probs(rows, clf.class_names), probs, atol=1e-4, err_msg=name)
+
+
+# -- the other rules of docs/inputs.md ---------------------------------------------------------
+
+IMG_SPEC = ModalitySpec("img", "image", (3, 8, 8))
+GREY_SPEC = ModalitySpec("g", "image", (1, 8, 8))
+
+
+def _rgb(seed: int = 0, size: tuple[int, int] = (8, 8)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("ext", ["png", "bmp", "tiff", "webp", "gif", "ppm", "jpg", "no-extension"])
+def test_any_format_pillow_reads_is_read(tmp_path, ext):
+    from dymo.data.kinds import IMAGE
+
+    rgb = _rgb()
+    path = tmp_path / ("s0" if ext == "no-extension" else f"s0.{ext}")
+    fmt = {"jpg": "JPEG", "no-extension": "PNG", "webp": "WEBP"}.get(ext, ext.upper())
+    kwargs = {"lossless": True} if ext == "webp" else {}
+    Image.fromarray(rgb).save(path, format=fmt, **kwargs)
+    x = IMAGE.read_file(path, IMG_SPEC)
+    assert x.shape == (3, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    with Image.open(path) as im:
+        expected = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255  # lossless except jpg/gif
+    np.testing.assert_allclose(x, expected, atol=1e-6)
+    if ext not in ("jpg", "gif"):
+        np.testing.assert_allclose(x, rgb.transpose(2, 0, 1) / 255, atol=1e-6)
+
+
+def test_image_modes_follow_the_documented_rule(tmp_path):
+    from dymo.data.kinds import IMAGE
+
+    rgb = _rgb(1)
+    grey = rgb[..., 0]
+    cases = {
+        "RGBA": (Image.fromarray(np.dstack([rgb, np.full((8, 8), 7, np.uint8)])), rgb / 255),  # alpha dropped
+        "P": (Image.fromarray(rgb).quantize(16), None),
+        "L": (Image.fromarray(grey), np.repeat(grey[..., None], 3, 2) / 255),  # grey repeated to 3 channels
+        "LA": (Image.fromarray(np.dstack([grey, grey])), np.repeat(grey[..., None], 3, 2) / 255),
+        "1": (Image.fromarray(grey > 127), np.repeat((grey > 127)[..., None], 3, 2) * 1.0),
+        "I;16": (Image.fromarray(grey.astype(np.uint16) * 257), np.repeat(grey[..., None], 3, 2) / 255),
+        "I": (Image.fromarray(grey.astype(np.int32) * 257), np.repeat(grey[..., None], 3, 2) / 255),
+        "F": (Image.fromarray(grey.astype(np.float32) / 255), np.repeat(grey[..., None], 3, 2) / 255),
+    }
+    for mode, (im, expected) in cases.items():
+        assert im.mode == mode
+        path = tmp_path / f"{mode.replace(';', '_')}.{'tiff' if mode in ('I', 'F', 'LA') else 'png'}"
+        im.save(path)
+        x = IMAGE.read_file(path, IMG_SPEC)
+        if expected is None:  # a palette image: its palette colours
+            expected = np.asarray(im.convert("RGB")) / 255
+        np.testing.assert_allclose(x, np.asarray(expected, dtype=np.float64).transpose(2, 0, 1), atol=1e-6, err_msg=mode)
+    # Pillow reads a 16-bit colour PNG as 8-bit RGB (the high byte)
+    rgb16 = (np.arange(8 * 8 * 3).reshape(8, 8, 3) * 900).astype(">u2")
+    raw = b"".join(b"\0" + rgb16[r].tobytes() for r in range(8))
+    _png(tmp_path / "rgb16.png", 8, 8, depth=16, body=raw)
+    np.testing.assert_allclose(IMAGE.read_file(tmp_path / "rgb16.png", IMG_SPEC), (rgb16 >> 8).transpose(2, 0, 1) / 255, atol=1e-6)
+    # colour -> one channel: the luminance 0.299 R + 0.587 G + 0.114 B
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    lum = (rgb / 255) @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(IMAGE.read_file(tmp_path / "c.png", GREY_SPEC)[0], lum, atol=1e-6)
+
+
+def test_images_refused_per_file_with_the_reason(tmp_path):
+    from dymo.data.kinds import IMAGE
+
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "big.tiff")
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(tmp_path / "f.tiff")
+    frames = [Image.fromarray(_rgb(s)) for s in range(2)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8), mode="RGBA").save(tmp_path / "four.png")
+    (tmp_path / "text.png").write_text("not an image")
+    four = ModalitySpec("q", "image", (2, 8, 8))
+    for name, spec, reason in [
+        ("big.tiff", IMG_SPEC, "values 70000..70000 (only 0..65535"),
+        ("f.tiff", IMG_SPEC, "float image must hold values in [0, 1]"),
+        ("anim.gif", IMG_SPEC, "multi-frame image (2 frames)"),
+        ("four.png", four, "an image of 3 channel(s) for modality 'q' of 2"),
+        ("text.png", IMG_SPEC, "unreadable image (UnidentifiedImageError"),
+    ]:
+        with pytest.raises(DataError) as e:
+            IMAGE.read_file(tmp_path / name, spec)
+        assert str(e.value).startswith(str(tmp_path / name)) and reason in str(e.value), str(e.value)
+
+
+def test_image_size_and_exif_orientation(tmp_path):
+    from dymo.data.kinds import IMAGE
+
+    big = _rgb(2, (16, 32))  # H=16, W=32
+    Image.fromarray(big).save(tmp_path / "big.png")
+    x = IMAGE.read_file(tmp_path / "big.png", IMG_SPEC)
+    assert x.shape == (3, 8, 8)
+    ref = np.stack([np.asarray(Image.fromarray((big[..., c] / 255).astype(np.float32)).resize((8, 8), Image.BILINEAR)) for c in range(3)])
+    np.testing.assert_allclose(x, np.clip(ref, 0, 1), atol=1e-6)
+    # EXIF orientation 6 ("rotate 90 CW to view") is applied
+    tall = _rgb(3, (8, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(tall).save(tmp_path / "rot.png", exif=exif)
+    np.testing.assert_allclose(IMAGE.read_file(tmp_path / "rot.png", IMG_SPEC), np.rot90(tall, -1).transpose(2, 0, 1) / 255, atol=1e-6)
+
+
+def test_image_folder_hidden_files_ambiguous_ids_and_natural_order(mixed, tmp_path):
+    data, _, _, bundle = mixed
+    ids = ["a10", "a2", "a1", "B7"]
+    _save_images(tmp_path / "in" / "img", data["test"], ids, range(4))
+    Image.fromarray(_rgb()).save(tmp_path / "in" / "img" / "a2.jpg")  # a2 twice: ambiguous
+    Image.fromarray(_rgb()).save(tmp_path / "in" / "img" / "b7.png")  # b7 / B7 differ only in case
+    (tmp_path / "in" / "img" / ".DS_Store").write_bytes(b"\0\0")
+    (tmp_path / "in" / "img" / "thumbs").mkdir()
+    (tmp_path / "in" / "README.txt").write_text("my samples")
+    res, rows = _predict(bundle, tmp_path / "in", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    assert [r["sample"] for r in rows] == ["a1", "a2", "a10", "B7", "b7"]
+    status = {r["sample"]: (r["status"], r["error"]) for r in rows}
+    assert status["a1"][0] == status["a10"][0] == "ok"
+    assert status["a2"][0] == "error" and "'a2' is ambiguous, 2 files: a2.jpg, a2.png" in status["a2"][1]
+    assert status["B7"][0] == status["b7"][0] == "error" and "differ only in case" in status["b7"][1]
+    out = " ".join(res.output.split())
+    assert "hidden file(s) not read: .DS_Store" in out and "sub-folder(s) not read: thumbs" in out
+    assert "not read (names no modality): README.txt" in out
+    assert "modality 'vec': no vec.csv, missing for every sample" in out
+
+
+def test_whole_file_problems_fail_the_run_before_any_prediction(mixed, tmp_path):
+    data, raw, _, bundle = mixed
+    cases = {
+        "latin-1": ("vec.csv", "id,a,b,c,d,e\nv0,1,2,3,4,5\nv\xe9,1,2,3,4,5\n".encode("latin-1"), ["vec.csv: line 3 is not UTF-8"]),
+        "width": ("vec.csv", b"id,a,b,c\nv0,1,2,3\n", ["vec.csv: the header has 3 columns after 'id', modality 'vec' needs 5"]),
+        "text-width": ("txt.csv", b"id,text,extra\nt0,one,x\n", ["txt.csv: the header has 2 columns after 'id'"]),
+        "empty-id": ("vec.csv", b"id,a,b,c,d,e\n,1,2,3,4,5\n", ["vec.csv: line 2: empty sample id"]),
+        "unknown-csv": ("audio.csv", b"id,x\n", ["file(s) ['audio.csv'] name no modality"]),
+        "image-as-csv": ("img.csv", b"id,x\n", ["img.csv: modality 'img' is a image modality; it needs a sub-folder img/"]),
+    }
+    for case, (name, content, fragments) in cases.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        (folder / name).write_bytes(content)
+        res, _ = _predict(bundle, folder, tmp_path / f"{case}.csv")
+        _cli_error(res, *fragments)
+        assert not (tmp_path / f"{case}.csv").exists(), case
+    # UTF-8 with a byte-order mark is fine
+    (tmp_path / "bom").mkdir()
+    _write_vec_csv(tmp_path / "bom" / "vec.csv", ["v0"], raw["vec"][:1])
+    (tmp_path / "bom" / "vec.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "bom" / "vec.csv").read_bytes())
+    res, rows = _predict(bundle, tmp_path / "bom", tmp_path / "bom.csv")
+    assert res.exit_code == 0 and rows[0]["status"] == "ok", res.output
+
+
+def test_bad_rows_fail_their_sample_only(mixed, tmp_path):
+    data, raw, _, bundle = mixed
+    rows_in = [list(r) for r in raw["vec"][:5]]
+    rows_in[1][3] = "abc"
+    rows_in[2][0] = "inf"
+    rows_in[3] = [""] * 5  # nothing: vec missing for v3, which then has no modality
+    rows_in[4][1] = " 7.5 "  # spaces around a number are fine
+    (tmp_path / "in").mkdir()
+    _write_vec_csv(tmp_path / "in" / "vec.csv", [f"v{i}" for i in range(5)], rows_in)
+    _write_txt_csv(tmp_path / "in" / "txt.csv", ["t0", "t1", "t2", "t3"], ["  zero  ", "Zero", "", "one, two"])
+    res, rows = _predict(bundle, tmp_path / "in", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    got = {r["sample"]: r for r in rows}
+    assert "vec.csv, sample 'v1' (line 3): column 5: 'abc' is not a number" in got["v1"]["error"]
+    assert "vec.csv, sample 'v2' (line 4): column 2: infinite value 'inf'" in got["v2"]["error"]
+    assert got["v3"]["error"] == "no observed modality: dymo needs at least one"
+    assert got["v0"]["status"] == got["v4"]["status"] == got["t0"]["status"] == got["t3"]["status"] == "ok"
+    assert "txt.csv, sample 't1' (line 3): text modality 'txt': character(s) 'Z' are outside the model's alphabet" in got["t1"]["error"]
+    assert got["t2"]["error"] == "no observed modality: dymo needs at least one"  # an empty text cell = missing
+
+
+def test_text_is_encoded_as_the_dataset_builders_do(mixed):
+    from dymo.data.kinds import TEXT
+
+    spec = mixed[0].specs[2]
+    texts = ["  seven ", "one", "a much longer text than eight", None]
+    ids, errors = TEXT.encode(texts, spec)
+    assert not errors
+    np.testing.assert_array_equal(ids[:3].numpy(), encode_text(texts[:3], 8))  # cut to 8, padded with 0
+    assert ids[3].tolist() == [0] * 8 and ids[0].tolist()[:3] == [70, 70, 19]  # ' ' is id 70, 's' id 19
+    custom = ModalitySpec("t", "text", (4,), vocab_size=4, extra={"alphabet": "abc"})
+    assert TEXT.encode(["cab"], custom)[0].tolist() == [[3, 1, 2, 0]]
+    with pytest.raises(DataError, match="stores no alphabet"):
+        TEXT.encode(["x"], ModalitySpec("t", "text", (4,), vocab_size=4))
+
+
+def test_api_text_as_strings_and_token_range(mixed):
+    data, _, clf, _ = mixed
+    batch = data["test"].batch(range(6))
+    strings = [decode_text(t) for t in data["test"].arrays["txt"][:6]]
+    as_text = clf.predict(dataclasses.replace(batch, data={**batch.data, "txt": strings}))
+    as_ids = clf.predict(batch)
+    assert as_text.classes == as_ids.classes
+    torch.testing.assert_close(as_text.probabilities, as_ids.probabilities, atol=ATOL, rtol=0)
+    bad = batch.data["txt"].clone()
+    bad[2, 0] = 72
+    with pytest.raises(DataError, match=r"sample 2: text modality 'txt' holds token id 72, outside \[0, 72\)"):
+        clf.predict(dataclasses.replace(batch, data={**batch.data, "txt": bad}))
+    with pytest.raises(DataError, match="sample 1: text modality 'txt': character"):
+        clf.predict(dataclasses.replace(batch, data={**batch.data, "txt": ["one", "ONE", "two", "a", "b", "c"]}))
+
+
+def test_api_image_layout_hint_and_non_finite(mixed):
+    data, _, clf, _ = mixed
+    batch = data["test"].batch(range(4))
+    hwc = torch.zeros(4, 8, 8, 3)
+    with pytest.raises(DataError, match=r"tensor shape \(4, 8, 8, 3\), expected \(4, 3, 8, 8\) \(this looks like \(B, H, W, C\)"):
+        clf.predict(dataclasses.replace(batch, data={**batch.data, "img": hwc}))
+    x = batch.data["img"].clone()
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="sample 1: observed modality 'img' holds NaN or Inf"):
+        clf.predict(dataclasses.replace(batch, data={**batch.data, "img": x}))
+    with pytest.raises(DataError, match="expected a torch tensor or numpy array, got list"):
+        clf.predict(dataclasses.replace(batch, data={**batch.data, "vec": [[0.0] * 5] * 4}))
+
+
+def test_categorical_codes_are_checked():
+    from dymo.data.kinds import VECTOR
+
+    spec = ModalitySpec("tab", "vector", (3,), extra={"field_lengths": [1, 4, 1]})
+    ok = torch.tensor([[0.5, 3.0, -1.0], [0.1, float("nan"), 2.0]])
+    x, holes = VECTOR.prepare(ok, spec, torch.ones(2, dtype=torch.bool), holes_ok=True)
+    assert holes.tolist() == [False, True]
+    for bad in (4.0, 1.5, -1.0):
+        with pytest.raises(DataError, match=rf"sample 1: modality 'tab' column 1 holds {bad:g}, not a category code in 0..3"):
+            VECTOR.prepare(torch.tensor([[0.0, 1.0, 0.0], [0.0, bad, 0.0]]), spec, torch.ones(2, dtype=torch.bool))
+
+
+def test_options_are_checked_before_any_work(mixed, tmp_path):
+    _, raw, _, bundle = mixed
+    (tmp_path / "in").mkdir()
+    _write_vec_csv(tmp_path / "in" / "vec.csv", ["v0"], raw["vec"][:1])
+    for args, fragment in [
+        (["--out", str(tmp_path / "p.txt")], "must end in .csv or .json"),
+        (["--inputs", "scaled"], "--inputs must be 'raw' or 'model', got 'scaled'"),
+        (["--method", "best"], "'best' is not one of"),
+    ]:
+        res = runner.invoke(app, ["predict", str(bundle), str(tmp_path / "in"), "--out", str(tmp_path / "p.csv"), *args])
+        _cli_error(res, fragment)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_bundle_states_what_it_expects(mixed):
+    _, _, clf, bundle = mixed
+    meta = json.loads((bundle / "bundle.json").read_text())
+    inputs = meta["inputs"]
+    assert inputs["default"] == "raw" and inputs == clf.expected_inputs()
+    mods = inputs["modalities"]
+    assert mods["img"]["channels"] == 3 and mods["img"]["size"] == [8, 8]
+    assert "standardises them with the spec's mean/std" in mods["vec"]["values"]
+    assert mods["txt"]["alphabet"] == "mopoe" and mods["txt"]["length"] == 8
+    assert DyMoClassifier.from_pretrained(bundle).expected_inputs() == inputs
+
+
+def test_text_csv_for_a_model_without_alphabet_fails_the_run(tmp_path):
+    from dymo.inference.folder import InputFolder
+
+    specs = [ModalitySpec("v", "vector", (2,)), ModalitySpec("t", "text", (4,), vocab_size=9)]
+    _write_vec_csv(tmp_path / "v.csv", ["a"], [[1.0, 2.0]], width=2)
+    folder = InputFolder.scan(tmp_path, specs)  # no t.csv: fine, t is missing
+    batch, errors = folder.load(folder.ids)
+    assert not errors and batch.observed.tolist() == [[True, False]]
+    _write_txt_csv(tmp_path / "t.csv", ["a"], ["abc"])
+    with pytest.raises(DataError, match="text modality 't': the spec stores no alphabet"):
+        InputFolder.scan(tmp_path, specs)

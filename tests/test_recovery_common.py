@@ -13,7 +13,6 @@ from dymo.recovery import (
     group_by_pattern,
     load_recoverer,
     merge_recovered,
-    sanitize_missing,
 )
 
 
@@ -32,10 +31,10 @@ def test_merge_writes_only_missing_slots() -> None:
         merge_recovered(batch, {"a": torch.full((3, 4), float("nan"))})
 
 
-def test_sanitize_and_grouping() -> None:
+def test_zeroing_and_grouping() -> None:
     obs = torch.tensor([[True, False], [False, True], [True, False]])
     batch = MultimodalBatch({"a": torch.ones(3, 2), "b": torch.ones(3, 2)}, obs, ("a", "b")).with_missing_filled()
-    clean = sanitize_missing(batch)
+    clean = batch.with_missing_zeroed()
     assert torch.isfinite(clean.data["a"]).all() and float(clean.data["a"][1].abs().sum()) == 0
     groups = group_by_pattern(obs)
     assert [p.tolist() for p, _ in groups] == [[True, False], [False, True]]

@@ -373,8 +373,10 @@ def test_bundle_with_a_truncated_part(bundle, tmp_path, file, match):
     dst = _copy(bundle, tmp_path)
     path = dst / file
     path.write_bytes(path.read_bytes()[:64])
+    with pytest.raises(BundleError, match=f"{file}: truncated or corrupt: its sha256 differs from the manifest"):
+        DyMoClassifier.from_pretrained(dst)  # the manifest check names the file first
     with pytest.raises(BundleError, match=match):
-        DyMoClassifier.from_pretrained(dst)
+        DyMoClassifier.from_pretrained(dst, verify=False)  # without it, the loader still fails clearly
 
 
 def test_bundle_with_a_missing_part(bundle, tmp_path):
@@ -385,8 +387,10 @@ def test_bundle_with_a_missing_part(bundle, tmp_path):
     dst2 = tmp_path / "copy2"
     shutil.copytree(bundle, dst2)
     shutil.rmtree(dst2 / "recovery")
-    with pytest.raises(BundleError, match="recovery: no config.json"):
+    with pytest.raises(BundleError, match="recovery/config.json: file missing"):
         DyMoClassifier.from_pretrained(dst2)
+    with pytest.raises(BundleError, match="recovery: no config.json"):
+        DyMoClassifier.from_pretrained(dst2, verify=False)
 
 
 def test_calibration_for_other_modalities(setup):
@@ -436,7 +440,7 @@ def test_run_folder_with_truncated_weights(setup, tmp_path):
     assert load_backbone(run).modalities == setup[0].modalities
     w = run / "backbone.safetensors"
     w.write_bytes(w.read_bytes()[:300])
-    with pytest.raises(BundleError, match="backbone.safetensors: truncated or corrupt weights file"):
+    with pytest.raises(BundleError, match="backbone.safetensors: truncated or corrupt weights"):
         load_backbone(run)
 
 

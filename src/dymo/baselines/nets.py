@@ -4,7 +4,7 @@
 trained and how they fuse, not in their feature extractors.
 
 Every network zeroes the input rows of modalities it is told are unavailable before any
-encoder runs (:func:`~dymo.baselines.training.sanitize`, or ``FlexibleBackbone.encode`` with
+encoder runs (:func:`~dymo.data.batch.zero_missing`, or ``FlexibleBackbone.encode`` with
 ``available``), so a missing slot's content (NaN, garbage) cannot reach an output.
 """
 
@@ -25,10 +25,9 @@ from dymo.baselines.training import (
     dropout_masks,
     gumbel_noise,
     masked_log_softmax_mean,
-    sanitize,
 )
 from dymo.config import Config
-from dymo.data.batch import MultimodalBatch
+from dymo.data.batch import MultimodalBatch, zero_missing
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
@@ -79,7 +78,7 @@ class ModalityFeatures(nn.Module):
         for i, s in enumerate(self.specs):
             x = data[s.name]
             if available is not None:
-                x = sanitize(x, available[:, i])
+                x = zero_missing(x, available[:, i])
             feats.append(self.norms[s.name](self.encoders[s.name](x).mean(dim=1)))
         return torch.stack(feats, dim=1)
 

@@ -1,5 +1,5 @@
 """Recovery-based baselines: classify from observed + recovered modalities (a frozen
-recoverer fills every missing slot). ``impute-all`` (the DyMo backbone on everything) lives in
+recoverer fills every missing slot). ``fuse-all`` (the DyMo backbone on everything) lives in
 :mod:`dymo.baselines.dymo_backbone`; here is ``concat``."""
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 from dymo.baselines.base import Baseline, read_baseline_meta
 from dymo.config import Config
 from dymo.errors import ConfigError
+from dymo.selection.selector import canonical_name
 
 #: name -> "module:Class"
 BASELINES: dict[str, str] = {
@@ -23,10 +24,14 @@ BASELINES: dict[str, str] = {
     "mtl": "dymo.baselines.recovery_free:MultiTaskBaseline",
     "late-fusion": "dymo.baselines.recovery_free:LateFusionBaseline",
     "unimodal": "dymo.baselines.recovery_free:UnimodalBaseline",
-    "impute-all": "dymo.baselines.dymo_backbone:ImputeAllBaseline",
+    "fuse-all": "dymo.baselines.dymo_backbone:FuseAllBaseline",
     "concat": "dymo.baselines.recovery_based:ConcatBaseline",
     "qmf": "dymo.baselines.dynamic:QMFBaseline",
     "dynmm": "dymo.baselines.dynamic:DynMMBaseline",
+    "pdf": "dymo.baselines.pdf:PDFBaseline",
+    "m3care": "dymo.baselines.m3care:M3CareBaseline",
+    "muse": "dymo.baselines.muse:MUSEBaseline",
+    "map": "dymo.baselines.map_prompts:MAPBaseline",
     "oracle-complete": "dymo.baselines.oracles:OracleCompleteBaseline",
     "oracle-selection": "dymo.baselines.oracles:OracleSelectionBaseline",
 }
@@ -40,6 +45,7 @@ def registered_baselines() -> list[str]:
 
 
 def baseline_class(name: str) -> type[Baseline]:
+    name = canonical_name(name) if isinstance(name, str) else name  # a deprecated alias warns
     if not isinstance(name, str) or name not in BASELINES:
         close = difflib.get_close_matches(str(name), BASELINES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

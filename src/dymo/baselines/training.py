@@ -83,13 +83,6 @@ def seed_everything(seed: int) -> None:
     L.seed_everything(seed, workers=True, verbose=False)
 
 
-def sanitize(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Rows of ``x`` where ``keep`` (bool ``[B]``) is False replaced by zeros (text: padding 0),
-    so NaN or garbage in a missing slot never reaches an encoder."""
-    keep = keep.view(-1, *([1] * (x.ndim - 1)))
-    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
 def dropout_masks(batch_size: int, num_modalities: int, drop_prob: float, generator: torch.Generator) -> torch.Tensor:
     """ModDrop masks, bool ``[B, M]``: each modality of each sample dropped independently with
     ``drop_prob``; a sample left with nothing gets one modality back, chosen uniformly."""

@@ -61,6 +61,7 @@ def build(
         make_config,
         parse_set_options,
     )
+    from dymo.utils.artifact import check_output
 
     options: dict[str, Any] = parse_set_options(set_)
     shortcuts = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test}
@@ -75,18 +76,27 @@ def build(
     make_config(name, **options)  # reject bad names/options before drawing a progress bar
     target_name = out_name or name
     target = (root if root is not None else data_root()) / target_name
+    check_output(target, "dataset", replace=True, option="dataset folder")  # never over a foreign folder
     if not force and is_built(name, root, out_name=out_name, **options):
         out_console.print(f"{target_name}: already built in {target} with these options (use --force to rebuild)")
         return
-    with Progress(
-        TextColumn(f"building {target_name}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=out_console
-    ) as bar:
-        task = bar.add_task("build", total=None)
+    created = not target.exists()
+    try:
+        with Progress(
+            TextColumn(f"building {target_name}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=out_console
+        ) as bar:
+            task = bar.add_task("build", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
 
-        ds = build_dataset(name, root, progress=progress, out_name=out_name, **options)
+            ds = build_dataset(name, root, progress=progress, out_name=out_name, **options)
+    except BaseException:
+        if created:  # a failed or interrupted build leaves nothing behind
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     sizes = ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items())
     missing = {k: float(1 - v.observed.mean()) for k, v in ds.splits.items()}
     note = ""
@@ -131,11 +141,16 @@ def show(
     rows: int = typer.Option(8, min=1, max=64, help="number of samples (rows)"),
     seed: int = typer.Option(0, help="which samples: a seeded random choice"),
     scenario: str = typer.Option("none", help="missing-modality scenario to draw, e.g. random:0.5"),
+    force: bool = typer.Option(False, "--force", help="replace an existing grid written by dymo"),
 ) -> None:
     """Plot a grid of samples: one row per sample, one column per modality, label in the row title."""
     from dymo.data.registry import load_dataset
     from dymo.data.scenarios import parse_scenario
+    from dymo.utils.artifact import check_output
 
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: the grid is a .png file")
+    check_output(out, "grid", force=force)
     ds = load_dataset(name, root)
     data = ds[split]
     n = min(rows, len(data))
@@ -180,6 +195,6 @@ def save_grid(ds: Any, batch: Any, observed: np.ndarray, out: Path) -> None:
     fig.tight_layout()
     out = Path(out)
     try:
-        atomic_replace_from(lambda tmp: fig.savefig(tmp, format="png", dpi=100), out)
+        atomic_replace_from(lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": "dymo"}), out)
     finally:
         plt.close(fig)

@@ -33,6 +33,7 @@ def fit_cmd(
     run_dir: Path | None = typer.Option(None, help="Keep the backbone run (logs, checkpoints) here; default: a temporary folder."),
     seed: int = typer.Option(0, help="Training seed."),
     root: Path | None = typer.Option(None, help="Data root (default $DYMO_DATA or ./data)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle in --out (never anything else)."),
 ) -> None:
     """Train backbone + recoverer + calibration on DATA's train split (it may miss modalities) and
     write a bundle: `dymo data build folder ...`, then this, then `dymo predict BUNDLE INPUT`."""
@@ -41,7 +42,9 @@ def fit_cmd(
     from dymo.models.backbone import BackboneConfig
     from dymo.selection.selector import SelectionConfig
     from dymo.training.run import TrainConfig
+    from dymo.utils.artifact import check_output
 
+    check_output(out, "bundle", force=force)  # before hours of training, not after
     dataset = open_dataset(data, root)
     clf = DyMoClassifier.fit(
         dataset,
@@ -52,5 +55,5 @@ def fit_cmd(
         selection=SelectionConfig(method=method),  # type: ignore[arg-type]
         run_dir=run_dir,
     )
-    clf.save_pretrained(out)
+    clf.save_pretrained(out, force=force)
     console.print(f"[green]bundle[/] written to {out} ({dataset.name}: {len(dataset['train'])} training samples, recovery {recovery})")

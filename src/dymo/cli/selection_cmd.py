@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from dymo.cli.common import console, friendly_errors
+from dymo.cli.common import check_positive, check_unique, console, friendly_errors
+from dymo.errors import ConfigError
 
 app = typer.Typer()  # calibrate / evaluate / predict / bundle, added to the root by dymo.cli.main
 
@@ -25,16 +26,20 @@ def calibrate_cmd(
     """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set (a sample counts for the subsets it observes)."""
     from dymo.data.registry import open_dataset
     from dymo.selection.calibration import compute_calibration
-    from dymo.training.run import load_backbone
-    from dymo.utils.io import read_json
+    from dymo.training.run import load_backbone, read_run_config
+    from dymo.utils.artifact import check_output, sha256_file
 
+    check_positive(batch_size, "--batch-size")
+    check_positive(max_samples, "--max-samples")
     backbone = load_backbone(run)
-    ref = data or read_json(run / "config.json")["data"]["name"]
+    check_output(run / CALIBRATION_FILE, "calibration", replace=True, option="calibration file")
+    ref = data or read_run_config(run)["data"]["name"]
     train = open_dataset(ref)["train"]
     if max_samples is not None and max_samples < len(train):
         train = train.subset(range(max_samples))
     cal = compute_calibration(backbone, train, batch_size=batch_size, progress=True)
-    cal.save(run / CALIBRATION_FILE)
+    # Records the weights it was computed with: a retrained backbone makes it stale (refused).
+    cal.save(run / CALIBRATION_FILE, backbone_sha256=sha256_file(run / "backbone.safetensors"))
     console.print(f"[green]calibrated[/] on {len(train)} training samples -> {run / CALIBRATION_FILE}")
 
 
@@ -52,22 +57,34 @@ def evaluate_cmd(
     value_missing: str | None = typer.Option(None, help="Partly missing tables on top: value:GAMMA or feature:GAMMA (vector modalities)."),
     batch_size: int = typer.Option(512),
     out: Path | None = typer.Option(None, help="Also write the metrics as JSON here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing metrics file written by dymo."),
 ) -> None:
     """Evaluate selection methods under a missing-modality scenario; prints accuracy, steps and acceptance."""
     from dymo.data.registry import open_dataset
     from dymo.evaluation.pipeline import evaluate_methods
     from dymo.recovery.registry import load_recoverer
     from dymo.selection.calibration import Calibration
-    from dymo.training.run import load_backbone
-    from dymo.utils.io import read_json, write_json
+    from dymo.training.run import load_backbone, read_run_config
+    from dymo.utils.artifact import check_output
+    from dymo.utils.io import write_json
 
+    check_positive(batch_size, "--batch-size")
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("--method: name at least one method")
+    check_unique(methods, "--method")
+    if out is not None:
+        if out.suffix.lower() != ".json":
+            raise ConfigError(f"--out {out}: the metrics file must end in .json")
+        check_output(out, "metrics", force=force)
     backbone = load_backbone(run)
     cal_path = run / CALIBRATION_FILE
     cal = Calibration.load(cal_path) if cal_path.exists() else None
-    ref = data or read_json(run / "config.json")["data"]["name"]
+    if cal is not None:
+        cal.check_backbone(run / "backbone.safetensors", cal_path, f"run `dymo calibrate {run}` again")
+    ref = data or read_run_config(run)["data"]["name"]
     dataset = open_dataset(ref)
     rec = load_recoverer(recovery) if recovery else None
-    methods = [m.strip() for m in method.split(",") if m.strip()]
     selection = {"max_added": max_added} if max_added is not None else {}
     metrics = evaluate_methods(backbone, cal, rec, dataset[split], missing, methods, seed=seed, batch_size=batch_size, selection=selection, value_missing=value_missing)
     print_metrics(metrics, title=f"{ref}/{split} — missing {missing}" + (f", values {value_missing}" if value_missing else "") + f", seed {seed}")
@@ -99,6 +116,8 @@ def predict_cmd(
     out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
     batch_size: int = typer.Option(256, help="Samples per forward pass (>= 1)."),
     method: str | None = typer.Option(None, help="Override the bundle's selection method."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing predictions file written by dymo."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every bundle file against its sha256 (skip for speed)."),
     inputs: str = typer.Option(
         "raw", help="raw: vector CSVs hold values as in the source data (the model's standardisation is applied); "
         "model: they are already standardised."
@@ -106,10 +125,9 @@ def predict_cmd(
 ) -> None:
     """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards.
 
-    Inputs are raw by default: images as files (any Pillow format and bit depth), vector values as
-    in the source data, text as plain strings; the bundle's own preprocessing (stored in its
-    specs, summarised under "inputs" in bundle.json) is applied as in training. One output row per
-    sample, in the order the ids are first seen. The rules: docs/inputs.md.
+    Inputs are raw by default: images as files (any Pillow format and bit depth), vector values as in the source data, text as plain strings; the bundle's own preprocessing (stored in its specs, summarised under "inputs" in bundle.json) is applied as in training.
+
+    One output row per sample, in input order (CSV rows as first seen, then ids found only as image files, by name). The rules: docs/inputs.md.
     """
     import csv
     import io
@@ -122,18 +140,19 @@ def predict_cmd(
     from dymo.inference.classifier import DyMoClassifier
     from dymo.inference.folder import InputFolder
     from dymo.selection.selector import SelectionConfig
+    from dymo.utils.artifact import PREDICTIONS_HEADER, check_output
     from dymo.utils.io import atomic_write
 
     # every option is checked before any work
     if out.suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--out {out}: must end in .csv or .json")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    check_positive(batch_size, "--batch-size")
     if inputs not in ("raw", "model"):
         raise ConfigError(f"--inputs must be 'raw' or 'model', got {inputs!r}")
     if method is not None:
         SelectionConfig(method=method)  # type: ignore[arg-type]  # ConfigError naming the known methods
-    clf = DyMoClassifier.from_pretrained(bundle)
+    check_output(out, "predictions", force=force, inputs=[bundle, input])
+    clf = DyMoClassifier.from_pretrained(bundle, verify=verify)
     folder = InputFolder.scan(input, clf.specs)
     for note in folder.notes:
         console.print(f"note: {note}", soft_wrap=True)
@@ -168,7 +187,7 @@ def predict_cmd(
             json.dump(records, f, indent=1)
     else:
         buf = io.StringIO()
-        cols = ["sample", "status", "predicted_class", *[f"p_{c}" for c in clf.class_names], "observed", "recovered", "used", "steps", "error"]
+        cols = [*PREDICTIONS_HEADER.split(","), *[f"p_{c}" for c in clf.class_names], "observed", "recovered", "used", "steps", "error"]
         w = csv.DictWriter(buf, fieldnames=cols)
         w.writeheader()
         for r in records:
@@ -193,11 +212,14 @@ def bundle_cmd(
     recovery: Path = typer.Option(..., help="Recovery run folder."),
     out: Path = typer.Option(..., help="Bundle folder to write."),
     method: str = typer.Option("dymo", help="Default selection method of the bundle."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle (never anything else)."),
 ) -> None:
     """Assemble a model bundle (backbone + calibration + recoverer + selection config) for `dymo predict`."""
     from dymo.inference.classifier import DyMoClassifier
     from dymo.selection.selector import SelectionConfig
+    from dymo.utils.artifact import check_output
 
-    clf = DyMoClassifier.from_run(run, recovery, SelectionConfig(method=method))  # type: ignore[arg-type]
-    clf.save_pretrained(out)
+    check_output(out, "bundle", force=force, inputs=[run, recovery])  # before any work
+    clf = DyMoClassifier.from_run(run, recovery, SelectionConfig.from_dict({"method": method}))
+    clf.save_pretrained(out, force=force, inputs=[run, recovery])
     console.print(f"[green]bundle[/] written to {out}")

@@ -214,9 +214,17 @@ class SplitDataset:
             meta = read_json(meta_path)
         except ValueError as e:
             raise DataError(f"{meta_path}: corrupt JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; not a dymo dataset description")
         if meta.get("format") != FORMAT_VERSION:
             raise DataError(f"{meta_path}: dataset format {meta.get('format')!r}, this dymo reads {FORMAT_VERSION}")
-        specs = specs_from_list(meta["specs"])
+        for key, typ in (("name", str), ("specs", list), ("class_names", list), ("splits", dict)):
+            if not isinstance(meta.get(key), typ):
+                raise DataError(f"{meta_path}: key {key!r} missing or not a JSON {typ.__name__.replace('str', 'string')}")
+        try:
+            specs = specs_from_list(meta["specs"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{meta_path}: malformed 'specs' ({e})") from None
         splits = {}
         for split, n in meta["splits"].items():
             arrays = {s.name: _load_npy(root / split / f"{s.name}.npy", mmap) for s in specs}

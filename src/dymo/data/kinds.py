@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from dymo.data.batch import MultimodalBatch
+from dymo.data.batch import MultimodalBatch, check_layout
 from dymo.data.specs import ModalitySpec
 from dymo.errors import DataError
 
@@ -101,7 +101,7 @@ class ModalityKind:
     def _check_shape(x: torch.Tensor, spec: ModalitySpec, b: int) -> None:
         if tuple(x.shape) != (b, *spec.shape):
             hint = ""
-            if spec.kind == "image" and x.ndim == 4 and tuple(x.shape[1:]) == (*spec.shape[1:], spec.shape[0]):
+            if kind_of(spec) is IMAGE and x.ndim == 4 and tuple(x.shape[1:]) == (*spec.shape[1:], spec.shape[0]):
                 hint = " (this looks like (B, H, W, C): images are (B, C, H, W); use x.permute(0, 3, 1, 2))"
             raise DataError(f"modality {spec.name!r}: tensor shape {tuple(x.shape)}, expected {(b, *spec.shape)}{hint}")
 
@@ -393,6 +393,8 @@ class TextKind(ModalityKind):
         characters outside the alphabet. ``None`` rows give zeros."""
         from dymo.data.mst import encode_text
 
+        if all(t is None for t in texts):
+            return torch.zeros((len(texts), spec.shape[0]), dtype=torch.long), {}
         alphabet = self.alphabet(spec)
         known = set(alphabet)
         errors: dict[int, str] = {}
@@ -489,25 +491,16 @@ def prepare_batch(
     if not isinstance(batch, MultimodalBatch):
         raise DataError(f"predict needs a MultimodalBatch, got {type(batch).__name__}")
     names = [s.name for s in specs]
-    unknown = [k for k in batch.data if k not in names]
-    if unknown:
-        raise DataError(f"unknown modality name(s) {unknown}; this model knows {names}")
-    if tuple(names) != tuple(batch.modalities):
-        raise DataError(f"batch modalities {list(batch.modalities)} do not match specs {names}")
     observed = batch.observed
     if isinstance(observed, np.ndarray):
         observed = torch.from_numpy(observed)
     if not isinstance(observed, torch.Tensor):
         raise DataError(f"the observed mask must be a bool tensor or numpy array, got {type(observed).__name__}")
     observed = observed.detach().cpu().bool()
-    b = int(observed.shape[0]) if observed.ndim >= 1 else 0
-    if observed.ndim != 2 or observed.shape[1] != len(specs):
-        raise DataError(f"observed mask has shape {tuple(observed.shape)}; expected ({b}, {len(specs)})")
+    check_layout(batch.data, batch.modalities, observed, specs)  # the batch contract's structure
     data: dict[str, torch.Tensor] = {}
     holes = torch.zeros_like(observed)
     for j, spec in enumerate(specs):
-        if spec.name not in batch.data:
-            raise DataError(f"modality {spec.name!r} is missing from the batch data dict")
         data[spec.name], holes[:, j] = kind_of(spec).prepare(
             batch.data[spec.name], spec, observed[:, j], preprocessed=batch.preprocessed, holes_ok=holes_ok
         )

@@ -259,7 +259,7 @@ def run_benchmark(
     ]
     cells_dir = out / "cells"
     wanted = list(dict.fromkeys(cells + sweep_cells))
-    done = {c.key: d for c in wanted if (d := read_cell(cells_dir, c)) is not None}
+    done = {c.key: d for c in wanted if (d := read_cell(cells_dir, c, models.model_hashes(c))) is not None}
     pending = [c for c in wanted if c.key not in done]
     say(f"{len(wanted)} cells: {len(done)} finished, {len(pending)} to compute")
 
@@ -284,7 +284,7 @@ def run_benchmark(
             bar.reset(t_batch, total=len(test), visible=True, description=f"  {scenario} seed {seed}: {len(group)} cells")
             results = _evaluate_group(scenario, seed, group, models, test, config.batch_size, lambda k: bar.advance(t_batch, k))
             for c in group:
-                write_cell(cells_dir, c, results[c.key])
+                write_cell(cells_dir, c, results[c.key], models.model_hashes(c))
                 done[c.key] = read_cell(cells_dir, c)  # type: ignore[assignment]
             bar.advance(t_cells, len(group))
         bar.update(t_batch, visible=False)

@@ -16,7 +16,7 @@ from dymo.config import Config
 from dymo.data.dataset import SplitDataset
 from dymo.data.scenarios import parse_scenario
 from dymo.errors import ConfigError
-from dymo.selection.selector import METHODS
+from dymo.selection.selector import METHODS, canonical_name
 
 METRIC_NAMES = ("cosine", "euclidean")
 #: The ablation of the paper, in its order.
@@ -24,7 +24,7 @@ ABLATION = ("fuse-all", "simultaneous", "iterative", "dymo")
 #: EXPERIMENT-ONLY upper bounds: they read the true missing data or the labels.
 UPPER_BOUNDS = ("oracle-complete", "oracle-selection", "oracle-selection-shuffled")
 #: Baselines that are the DyMo backbone with a fixed policy: no training of their own.
-FROM_BACKBONE = ("impute-all", "oracle-complete", "oracle-selection")
+FROM_BACKBONE = ("fuse-all", "oracle-complete", "oracle-selection")
 NO_RECOVERY = "none"
 DEFAULT_METHODS = (
     "dymo", "iterative", "simultaneous", "fuse-all", "discard", "moddrop", "mtl", "late-fusion",
@@ -33,7 +33,6 @@ DEFAULT_METHODS = (
 SWEEP_SCENARIO = "random:0.6"
 SWEEP_LEVELS = (0.0, 0.25, 0.5, 0.75)
 SWEEP_METHODS = ("discard", "fuse-all", "dymo")
-RECOVERY_KINDS = ("retrieval", "mean", "knn", "iterative", "mopoe", "mmvae-plus", "cmvae", "oracle")
 
 LogFn = Callable[[str], None]
 
@@ -151,7 +150,7 @@ def plan_methods(methods: Sequence[str], metrics: Sequence[str]) -> list[MethodS
             out.append(spec)
 
     for raw in methods:
-        name = raw.strip()
+        name = canonical_name(raw.strip())  # a deprecated alias (impute-all) warns
         base, metric = name, None
         for m in METRIC_NAMES:
             if name.endswith(f"-{m}") and name[: -len(m) - 1] in METHODS:
@@ -179,7 +178,7 @@ def uses_recovery(spec: MethodSpec, config: BenchmarkConfig) -> bool:
         return spec.base != "discard"
     if spec.base == "oracle-complete":
         return False
-    if spec.base in ("impute-all", "oracle-selection"):
+    if spec.base in ("fuse-all", "oracle-selection"):
         return True
     # Some baselines choose their inputs in their config (e.g. dynmm inputs=recovered).
     return bool(get_baseline(spec.name, **baseline_overrides(spec.name, config)).uses_recovery)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.errors import BundleError, ConfigError
 from dymo.evaluation.benchmark_plan import (
     FROM_BACKBONE,
-    RECOVERY_KINDS,
+    NO_RECOVERY,
     BenchmarkConfig,
     Cell,
     LogFn,
@@ -24,7 +25,9 @@ from dymo.evaluation.benchmark_plan import (
 )
 from dymo.evaluation.metrics import MethodMetrics
 from dymo.recovery.base import Recoverer
+from dymo.recovery.registry import standalone_recoverers
 from dymo.selection.calibration import Calibration
+from dymo.utils.artifact import sha256_file, sha256_json
 from dymo.utils.io import read_json, write_json
 
 log = logging.getLogger("dymo.benchmark")
@@ -56,6 +59,38 @@ class Models:
         self._recoverers: dict[str, Recoverer] = {}
         self._baselines: dict[str, Any] = {}
         self.info: dict[str, str] = {}
+        self._file_sha: dict[tuple[str, int, int], str] = {}
+
+    # -- provenance: the hashes of the models a cell uses (its results are reused only with them)
+    def _sha(self, path: Path) -> str | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        if key not in self._file_sha:
+            self._file_sha[key] = sha256_file(path)
+        return self._file_sha[key]
+
+    def _folder_sha(self, folder: Path, names: Sequence[str]) -> str | None:
+        if not (folder / names[0]).exists():
+            return None
+        return sha256_json({n: self._sha(folder / n) for n in names})
+
+    def model_hashes(self, cell: Cell) -> dict[str, str | None]:
+        """sha256 of the weights behind ``cell``: its backbone (or baseline) and its recoverer."""
+        m = cell.method
+        out: dict[str, str | None] = {}
+        if m.kind == "selection" or m.base in FROM_BACKBONE:
+            metric = m.metric if m.kind == "selection" else self.config.metrics[0]
+            out["backbone"] = self._sha(self.backbone_source(metric) / "backbone.safetensors")  # type: ignore[arg-type]
+        else:
+            out["baseline"] = self._folder_sha(self.folder / f"baseline-{m.base}", ["config.json", "weights.safetensors"])
+        if cell.recoverer != NO_RECOVERY and not cell.recoverer.startswith("oracle["):
+            source = self.recovery_sources.get(cell.recoverer, "")
+            folder = self.folder / f"recovery-{source.split(':', 1)[1]}" if source.startswith("trained:") else Path(source)
+            out["recoverer"] = self._folder_sha(folder, ["config.json", "weights.safetensors", "train_data.safetensors"])
+        return out
 
     # where things come from (recorded in benchmark.json; a rerun must agree)
     def sources(self) -> dict[str, str]:
@@ -67,7 +102,7 @@ class Models:
         return self.backbone_runs.get(metric, self.folder / f"backbone-{metric}")
 
     def _recovery_label(self, item: str) -> tuple[str, str]:
-        if item in RECOVERY_KINDS:
+        if item in standalone_recoverers():
             return item, f"trained:{item}"
         path = Path(item)
         if (path / "config.json").exists():
@@ -76,7 +111,7 @@ class Models:
             except (ValueError, KeyError, TypeError):
                 raise BundleError(f"{path}/config.json: not a saved recoverer") from None
             return str(kind), str(path)
-        raise ConfigError(f"--recovery {item!r}: neither a recoverer kind ({', '.join(RECOVERY_KINDS)}) nor a saved recoverer folder")
+        raise ConfigError(f"--recovery {item!r}: neither a recoverer kind ({', '.join(standalone_recoverers())}) nor a saved recoverer folder")
 
     # -- backbones and calibration ------------------------------------------------------------
     def backbone(self, metric: str) -> Any:
@@ -95,7 +130,7 @@ class Models:
             _quiet_lightning()
             train_backbone(
                 self.data, run, bcfg, tcfg, data_ref={"name": self.data.name}, progress=self.progress,
-                resume=(run / "checkpoints" / "last.ckpt").exists(), evaluate_test=False,
+                resume=run.exists(), evaluate_test=False,  # continues an interrupted one
             )
             self.info[f"backbone {metric}"] = f"trained here into {run}" + _run_scale(run)
         else:
@@ -119,14 +154,22 @@ class Models:
         run = self.backbone_source(metric)
         own = run / "calibration.safetensors"
         path = own if (own.exists() or metric not in self.backbone_runs) else self.folder / f"calibration-{metric}.safetensors"
-        if path.exists():
-            cal = Calibration.load(path)
+        cal = Calibration.load(path) if path.exists() else None
+        if cal is not None:
+            try:
+                cal.check_backbone(run / "backbone.safetensors", path)
+            except BundleError as e:
+                # The backbone was retrained after this calibration: recompute (never into a reused run).
+                self.log(f"{e}; recomputing it")
+                path = path if metric not in self.backbone_runs else self.folder / f"calibration-{metric}.safetensors"
+                cal = None
+        if cal is not None:
             self.info[f"calibration {metric}"] = f"{path}"
         else:
             train = self.data["train"]
             self.log(f"calibrating the {metric} backbone on {len(train)} training samples -> {path}")
             cal = compute_calibration(self.backbone(metric), train, batch_size=self.config.calibration_batch_size, progress=self.progress)
-            cal.save(path)
+            cal.save(path, backbone_sha256=self._sha(run / "backbone.safetensors"))
             self.info[f"calibration {metric}"] = f"computed here on {len(train)} training samples ({path})"
         self._calibrations[metric] = cal
         return cal
@@ -251,7 +294,7 @@ def _quiet_lightning() -> None:
 # -- cells on disk -------------------------------------------------------------------------------
 
 
-def write_cell(folder: Path, cell: Cell, metrics: MethodMetrics) -> None:
+def write_cell(folder: Path, cell: Cell, metrics: MethodMetrics, models: dict[str, str | None] | None = None) -> None:
     write_json(
         folder / cell.filename(),
         {
@@ -263,12 +306,15 @@ def write_cell(folder: Path, cell: Cell, metrics: MethodMetrics) -> None:
             "scenario": cell.scenario,
             "seed": cell.seed,
             "recoverer": cell.recoverer,
+            "models": models or {},
             "metrics": metrics.to_dict(),
         },
     )
 
 
-def read_cell(folder: Path, cell: Cell) -> dict[str, Any] | None:
+def read_cell(folder: Path, cell: Cell, models: dict[str, str | None] | None = None) -> dict[str, Any] | None:
+    """A finished cell, if its file matches the cell and (``models`` given) was computed with
+    the models of these hashes (see :meth:`Models.model_hashes`); else None (recompute)."""
     path = folder / cell.filename()
     if not path.exists():
         return None
@@ -279,6 +325,9 @@ def read_cell(folder: Path, cell: Cell) -> dict[str, Any] | None:
         return None
     if not isinstance(d, dict) or d.get("format") != CELL_FORMAT or (d.get("method"), d.get("scenario"), d.get("seed"), d.get("recoverer")) != cell.key:
         log.warning("%s: cell file does not match its cell; it will be recomputed", path)
+        return None
+    if models is not None and (None in models.values() or d.get("models") != models):
+        log.info("%s: computed with other models (a model was retrained since); it will be recomputed", path)
         return None
     return d
 

@@ -148,11 +148,6 @@ class EngineResult:
     recovery_seconds: dict[str | None, float] = field(default_factory=dict)
 
 
-def poison_missing(batch: MultimodalBatch) -> MultimodalBatch:
-    """NaN (text: -1) in every missing slot, so that no component can read it unnoticed."""
-    return batch.with_missing_filled()
-
-
 def _default_masks(hidden: MultimodalBatch) -> tuple[torch.Tensor, torch.Tensor]:
     return hidden.observed, ~hidden.observed
 
@@ -185,7 +180,7 @@ def run_methods(
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
         full = dataset.batch(idx).with_observed(observed[idx])
-        hidden = poison_missing(full)
+        hidden = full.with_missing_filled()  # the batch contract's poison
         start_used, candidates = masks(hidden)
         ctx = BatchContext(full, hidden, start_used, candidates)
         labels.append(full.labels)

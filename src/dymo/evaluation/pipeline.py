@@ -27,6 +27,7 @@ from dymo.selection.selector import (
     SEARCHING,
     SelectionConfig,
     SelectionResult,
+    canonical_name,
 )
 
 NEEDS_RECOVERY = {"dymo", "iterative", "simultaneous", "fuse-all"}
@@ -65,6 +66,7 @@ def evaluate_methods(
     (``discard`` leaves it out) - except for a sample with nothing else observed, which starts
     from its imputed table.
     """
+    methods = [canonical_name(m) for m in methods]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown selection method(s) {unknown}; known: {list(METHODS)}")

@@ -2,12 +2,15 @@
 
 A bundle is one folder holding everything needed to predict::
 
-    bundle.json              format, dymo version, modality specs, class names, backbone + selection configs
+    bundle.json              format, kind, dymo version, modality specs, class names, backbone + selection
+                             configs, made_from (weights hashes) and files (sha256 of every other file)
     backbone.safetensors     backbone weights
     calibration.safetensors  DyMo's calibration statistics
-    recovery/                the recoverer (its own config.json + weights; see dymo.recovery.base)
+    recovery/                the recoverer (its own config.json + weights; see dymo.recovery.base),
+                             with a copy of any training rows it returns (train_data/): self-contained
 
-``bundle.json`` is written last, so its presence marks a complete bundle. No pickles.
+The folder is built beside its target and renamed into place, so it is complete or absent.
+``from_pretrained`` checks every file against its sha256 (``verify=False`` skips it). No pickles.
 
     clf = DyMoClassifier.from_pretrained("bundles/polymnist")
     pred = clf.predict(batch)            # batch.observed marks the available modalities
@@ -17,8 +20,6 @@ A bundle is one folder holding everything needed to predict::
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import dymo
 from dymo.data.batch import MultimodalBatch
 from dymo.data.kinds import describe_inputs, prepare_batch
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
-from dymo.errors import BundleError, ConfigError, DataError
+from dymo.errors import BundleError, ConfigError, DataError, DymoError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.selection.calibration import Calibration
 from dymo.selection.selector import (
@@ -39,7 +40,7 @@ from dymo.selection.selector import (
     SelectionResult,
     select_with_backbone,
 )
-from dymo.utils.io import default_dir_mode, load_tensors, read_json, save_tensors, write_json
+from dymo.utils.io import save_tensors, write_json
 
 BUNDLE_FORMAT = 1
 
@@ -121,56 +122,70 @@ class DyMoClassifier:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, recovery_dir: str | os.PathLike, selection: SelectionConfig | None = None) -> DyMoClassifier:
-        """Assemble from a calibrated backbone run folder and a recovery run folder."""
+        """Assemble from a calibrated backbone run folder and a recovery run folder. The
+        calibration must have been computed with the run's current weights."""
         from dymo.recovery.registry import load_recoverer
-        from dymo.training.run import load_backbone
+        from dymo.training.run import load_backbone, read_run_config
 
         run = Path(run_dir)
         backbone = load_backbone(run)
         cal_path = run / "calibration.safetensors"
         if not cal_path.exists():
             raise BundleError(f"{run}: no calibration statistics; run `dymo calibrate {run}` first")
-        class_names = read_json(run / "config.json")["class_names"]
-        return cls(backbone, Calibration.load(cal_path), load_recoverer(recovery_dir), class_names, selection)
+        calibration = Calibration.load(cal_path)
+        calibration.check_backbone(run / "backbone.safetensors", cal_path, f"run `dymo calibrate {run}` again")
+        class_names = read_run_config(run)["class_names"]
+        return cls(backbone, calibration, load_recoverer(recovery_dir), class_names, selection)
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write the bundle folder. Built in a temporary folder beside it, then renamed into place."""
+    def save_pretrained(self, path: str | os.PathLike, *, force: bool = True, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+        """Write the bundle folder: built in a hidden temporary folder beside it, then renamed
+        into place. ``path`` must be new, empty, or (``force``) an existing bundle; a foreign
+        folder, another kind of dymo artefact or one of ``inputs`` is refused (OutputError).
+
+        The bundle is self-contained (the recoverer's training rows are copied in) and
+        ``bundle.json`` lists the sha256 of every file, checked by :meth:`from_pretrained`."""
+        from dymo.utils.artifact import (
+            check_output,
+            component_manifest,
+            file_hashes,
+            made_from,
+            sha256_json,
+            staged_dir,
+        )
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        os.chmod(tmp, default_dir_mode())  # mkdtemp makes it 0o700
-        try:
+        check_output(path, "bundle", force=force, inputs=inputs)
+        with staged_dir(path) as tmp:
             save_tensors(tmp / "backbone.safetensors", self.backbone.state_dict(), metadata={"dymo_version": dymo.__version__})
             self.calibration.save(tmp / "calibration.safetensors")
-            self.recoverer.save(tmp / "recovery")
+            self.recoverer.save(tmp / "recovery", self_contained=True)
+            files = file_hashes(tmp)
             write_json(
                 tmp / "bundle.json",
-                {
-                    "format": BUNDLE_FORMAT,
-                    "dymo_version": dymo.__version__,
-                    "specs": specs_to_list(self.specs),
-                    "class_names": self.class_names,
-                    "backbone": self.backbone.config.to_dict(),
-                    "selection": self.selection.to_dict(),
-                    "inputs": describe_inputs(self.specs),  # informative; see docs/inputs.md
-                },
+                component_manifest(
+                    "bundle", "bundle",
+                    specs=specs_to_list(self.specs),
+                    class_names=self.class_names,
+                    backbone=self.backbone.config.to_dict(),
+                    selection=self.selection.to_dict(),
+                    made_from=made_from(
+                        backbone_sha256=files["backbone.safetensors"],
+                        calibration_backbone_sha256=self.calibration.backbone_sha256,
+                        recoverer_sha256=sha256_json({k: v for k, v in files.items() if k.startswith("recovery/")}),
+                        recoverer_data_fingerprint=getattr(self.recoverer, "made_from", {}).get("data_fingerprint"),
+                    ),
+                    inputs=describe_inputs(self.specs),  # informative; see docs/inputs.md
+                    files=files,
+                ),
             )
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, map_location: str = "cpu") -> DyMoClassifier:
+    def from_pretrained(cls, path: str | os.PathLike, map_location: str = "cpu", verify: bool = True) -> DyMoClassifier:
+        """Load a bundle. ``verify``: check every file against the sha256 in ``bundle.json``
+        (a damaged or edited file is a BundleError); skip it for speed only on trusted copies."""
         from dymo.recovery.registry import load_recoverer
+        from dymo.utils.artifact import load_weights, read_manifest, verify_files
 
         path = Path(path)
         meta_path = path / "bundle.json"
@@ -181,33 +196,29 @@ class DyMoClassifier:
             path, meta_path = previous, previous / "bundle.json"
         if not meta_path.exists():
             raise BundleError(f"{path}: not a dymo bundle (no bundle.json; an interrupted save leaves none)")
+        meta = read_manifest(
+            path, "bundle", file="bundle.json", what="bundle",
+            required={"specs": list, "class_names": list, "backbone": dict, "selection": dict},
+        )
+        if verify:
+            if not isinstance(meta.get("files"), dict):
+                raise BundleError(f"{meta_path}: no file manifest (bundle from an older dymo); rebuild it, or load with --no-verify")
+            verify_files(path, meta["files"], skip=["bundle.json"])
         try:
-            meta = read_json(meta_path)
-        except ValueError as e:
-            raise BundleError(f"{meta_path}: corrupt JSON ({e})") from None
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{meta_path}: bundle format {meta.get('format')!r}, this dymo reads {BUNDLE_FORMAT}")
-        if meta.get("dymo_version") != dymo.__version__:
-            raise BundleError(
-                f"{path}: bundle written by dymo {meta.get('dymo_version')!r}; this is dymo {dymo.__version__}. "
-                "Install that version or rebuild the bundle."
-            )
-        specs = specs_from_list(meta["specs"])
-        backbone = FlexibleBackbone(specs, len(meta["class_names"]), BackboneConfig.from_dict(meta["backbone"]))
+            specs = specs_from_list(meta["specs"])
+            backbone = FlexibleBackbone(specs, len(meta["class_names"]), BackboneConfig.from_dict(meta["backbone"]))
+            selection = SelectionConfig.from_dict(meta["selection"])
+        except (DymoError, KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{meta_path}: malformed bundle description ({e})") from None
         w = path / "backbone.safetensors"
-        try:
-            state = load_tensors(w)
-        except FileNotFoundError:
-            raise BundleError(f"{w}: file missing") from None
-        except Exception as e:
-            raise BundleError(f"{w}: truncated or corrupt weights ({e})") from None
+        state = load_weights(w)
         try:
             backbone.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise BundleError(f"{w}: weights do not match the bundle's modality specs/config ({str(e).splitlines()[0]})") from None
         calibration = Calibration.load(path / "calibration.safetensors")
         recoverer = load_recoverer(path / "recovery")
-        return cls(backbone.to(map_location), calibration, recoverer, meta["class_names"], SelectionConfig.from_dict(meta["selection"]))
+        return cls(backbone.to(map_location), calibration, recoverer, meta["class_names"], selection)
 
     # -- prediction -----------------------------------------------------------------------------
     def expected_inputs(self) -> dict[str, Any]:

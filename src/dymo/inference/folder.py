@@ -36,9 +36,10 @@ from dymo.data.specs import ModalitySpec
 from dymo.errors import DataError
 
 
-def natural_key(name: str) -> list:
-    """Sort key that orders digit runs by value: ``d2`` before ``d10``."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value and ignores case first: ``d2`` before ``D3`` before ``d10``."""
+    parts = [(0, int(t), "") if t.isdigit() else (1, 0, t.casefold()) for t in re.split(r"(\d+)", name) if t]
+    return (parts, name)
 
 
 @dataclass
@@ -85,6 +86,8 @@ class InputFolder:
             if not path.is_file():
                 folder.notes.append(f"modality {spec.name!r}: no {path.name}, missing for every sample")
                 continue
+            if kind_of(spec) is TEXT:
+                TEXT.alphabet(spec)  # a text CSV needs the spec's alphabet: fail the run here, not per sample
             table = read_csv_table(path, spec)
             folder.tables[spec.name] = table
             for sid, lines in table.duplicates.items():

@@ -57,7 +57,6 @@ from dymo.recovery.base import (
     RecovererConfig,
     merge_recovered,
     require_weights,
-    sanitize_missing,
 )
 from dymo.utils.io import load_tensors, save_tensors
 from dymo.utils.subsets import all_subsets, masks_to_codes
@@ -471,7 +470,7 @@ class MoPoERecoverer(Recoverer):
                         data = {k: model.prepare(k, v.to(self.device)) for k, v in batch.data.items()}
                         terms = model.loss(data, gen, w)
                     else:
-                        clean = sanitize_missing(batch).to(self.device)
+                        clean = batch.with_missing_zeroed().to(self.device)
                         data = {k: model.prepare(k, v) for k, v in clean.data.items()}
                         terms = model.loss(data, gen, w, clean.observed)
                     if not torch.isfinite(terms.loss):
@@ -601,7 +600,7 @@ class MoPoERecoverer(Recoverer):
         self.check_batch(batch)
         model = self._model()
         model.eval()
-        clean = sanitize_missing(batch)
+        clean = batch.with_missing_zeroed()
         data = {k: model.prepare(k, v.to(self.device)) for k, v in clean.data.items()}
         mus, logvars = model.encode_all(data)
         obs = batch.observed.to(self.device)

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dymo.data.batch import MultimodalBatch
+from dymo.data.batch import MultimodalBatch, zero_nan_values
 from dymo.data.dataset import MultimodalDataset
 from dymo.errors import BundleError, ConfigError
 from dymo.recovery.base import Recoverer, RecovererConfig, TrainingData, require_weights
@@ -142,8 +142,7 @@ class RetrievalRecoverer(Recoverer):
             rows = batch.observed[:, j] & needs
             if rows.any():
                 x = batch.data[name][rows]
-                if x.is_floating_point():
-                    x = torch.nan_to_num(x, nan=0.0)
+                x = zero_nan_values(x)
                 query[rows, j] = self.embedder.features(name, x).float()
         query_sum = query.sum(1)  # [B, d]; a positive per-query scale does not change the ranking
         codes = masks_to_codes(batch.observed)

@@ -62,6 +62,8 @@ class Calibration:
     modalities: tuple[str, ...] = ()
     #: training samples behind each (subset code, class) pair, ``[2**M, C]`` (None: not recorded)
     counts: torch.Tensor | None = None
+    #: sha256 of the backbone weights file the statistics were computed with (None: unknown)
+    backbone_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not self.modalities:
@@ -126,11 +128,14 @@ class Calibration:
         return Calibration(
             self.metric, self.temperature, self.prototypes.to(device), self.sigma.to(device),
             self.overall.to(device), self.num_modalities, self.modalities,
-            None if self.counts is None else self.counts.to(device),
+            None if self.counts is None else self.counts.to(device), self.backbone_sha256,
         )
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write a safetensors file (atomic) with the settings in its metadata."""
+    def save(self, path: str | os.PathLike, backbone_sha256: str | None = None) -> None:
+        """Write a safetensors file (atomic) with the settings in its metadata, and the sha256 of
+        the backbone weights it was computed with (its provenance, checked by :meth:`check_backbone`)."""
+        if backbone_sha256 is not None:
+            self.backbone_sha256 = backbone_sha256
         metadata = {
             "kind": "dymo-calibration",
             "format": CALIBRATION_FORMAT,
@@ -139,6 +144,8 @@ class Calibration:
             "num_modalities": str(self.num_modalities),
             "modalities": json.dumps(list(self.modalities)),
         }
+        if self.backbone_sha256:
+            metadata["backbone_sha256"] = self.backbone_sha256
         tensors = {"prototypes": self.prototypes.float(), "sigma": self.sigma.float(), "overall": self.overall.float()}
         if self.counts is not None:
             tensors["counts"] = self.counts.float()
@@ -177,8 +184,25 @@ class Calibration:
         cal.metric, cal.temperature, cal.num_modalities, cal.modalities = metric, temperature, num_modalities, modalities
         cal.prototypes, cal.sigma, cal.overall = tensors["prototypes"], tensors["sigma"], tensors["overall"]
         cal.counts = tensors.get("counts")
+        cal.backbone_sha256 = metadata.get("backbone_sha256")
         cal.validate(source=path)
         return cal
+
+    def check_backbone(self, weights: str | os.PathLike, source: str | os.PathLike, recalibrate: str = "") -> None:
+        """Raise :class:`BundleError` when these statistics were computed with other backbone
+        weights than the file ``weights`` (a backbone retrained or extended after calibration)."""
+        from dymo.utils.artifact import sha256_file
+
+        if self.backbone_sha256 is None:
+            log.warning("%s records no backbone hash (written by an older dymo); it cannot be checked against %s", source, weights)
+            return
+        now = sha256_file(weights)
+        if now != self.backbone_sha256:
+            raise BundleError(
+                f"{source}: stale calibration: computed for backbone weights sha256 {self.backbone_sha256[:12]}..., "
+                f"but {weights} is now {now[:12]}... (retrained or extended since); "
+                + (recalibrate or "recompute it with `dymo calibrate`")
+            )
 
 
 class _SufficientStats:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,6 +34,18 @@ NO_ACTION = 100  # action_history entry of a step in which the sample added noth
 METHODS = ("dymo", "iterative", "simultaneous", "fuse-all", "discard")
 #: The methods that search, and so read the calibration statistics.
 SEARCHING = ("dymo", "iterative", "simultaneous")
+#: Deprecated spellings of a policy -> its one name. They still work, with a FutureWarning.
+DEPRECATED_NAMES = {"impute-all": "fuse-all"}
+
+
+def canonical_name(name: str) -> str:
+    """``name``, or the one spelling of a deprecated alias (saying so with a FutureWarning, a
+    warning meant for users, so the CLI shows it too)."""
+    new = DEPRECATED_NAMES.get(name)
+    if new is None:
+        return name
+    warnings.warn(f"{name!r} is a deprecated name of {new!r}; use {new!r}", FutureWarning, stacklevel=3)
+    return new
 
 FuseFn = Callable[[torch.Tensor, torch.Tensor], Any]
 
@@ -54,6 +67,11 @@ class SelectionConfig(Config):
     method: Literal["dymo", "iterative", "simultaneous", "fuse-all", "discard"] = "dymo"
     max_added: int | None = None
     costs: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.method, str):
+            self.method = canonical_name(self.method)  # type: ignore[assignment]
+        super().__post_init__()
 
     def validate(self) -> None:
         if self.max_added is not None and self.max_added < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,8 +31,11 @@ class TrainConfig(Config):
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("TrainConfig: epochs and batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"TrainConfig: lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"TrainConfig: lr must be a positive finite number, got {self.lr}")
+        for key in ("weight_decay", "proto_weight", "temperature"):
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"TrainConfig: {key} must be finite, got {getattr(self, key)}")
         if self.subsets_per_batch is not None and self.subsets_per_batch < 1:
             raise ConfigError("TrainConfig: subsets_per_batch must be >= 1")
         if self.temperature <= 0:
