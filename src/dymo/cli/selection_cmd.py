@@ -249,12 +249,13 @@ def predict_cmd(
 ) -> None:
     """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards.
 
-    Inputs are raw by default: images as files (any Pillow format and bit depth), vector values as
-    in the source data, text as plain strings; the bundle's own preprocessing (stored in its
-    specs, summarised under "inputs" in bundle.json) is applied as in training. One output row per
-    sample, in the order the ids are first seen. The rules: docs/inputs.md. Samples are read,
-    predicted and written one batch at a time (bounded memory); with --devices/--strategy the
-    batches are shared among processes and the output is the same as with one process.
+    Inputs are raw by default: images as files (any Pillow format and bit depth), vector values as in the source data, text as plain strings; the bundle's own preprocessing (stored in its specs, summarised under "inputs" in bundle.json) is applied as in training.
+
+    One output row per sample, in input order (CSV rows as first seen, then ids found only as image files, by name). The rules: docs/inputs.md.
+
+    Samples are read, predicted and written one batch at a time (bounded memory); with
+    --devices/--strategy the batches are shared among processes and the output is the same as
+    with one process.
     """
     import csv
     import io

@@ -101,7 +101,7 @@ class ModalityKind:
     def _check_shape(x: torch.Tensor, spec: ModalitySpec, b: int) -> None:
         if tuple(x.shape) != (b, *spec.shape):
             hint = ""
-            if spec.kind == "image" and x.ndim == 4 and tuple(x.shape[1:]) == (*spec.shape[1:], spec.shape[0]):
+            if kind_of(spec) is IMAGE and x.ndim == 4 and tuple(x.shape[1:]) == (*spec.shape[1:], spec.shape[0]):
                 hint = " (this looks like (B, H, W, C): images are (B, C, H, W); use x.permute(0, 3, 1, 2))"
             raise DataError(f"modality {spec.name!r}: tensor shape {tuple(x.shape)}, expected {(b, *spec.shape)}{hint}")
 

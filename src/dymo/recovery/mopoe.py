@@ -33,12 +33,10 @@ mean, a text the per-position argmax token.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -59,6 +57,7 @@ from dymo.recovery.base import (
     require_weights,
 )
 from dymo.utils.io import load_tensors, save_tensors
+from dymo.utils.progress import progress_bar
 from dymo.utils.subsets import all_subsets, masks_to_codes
 
 log = logging.getLogger(__name__)
@@ -454,7 +453,7 @@ class MoPoERecoverer(Recoverer):
             start = self._load_checkpoint(ckpt, optimizer)
             log.info("mopoe: resumed from %s after epoch %d", ckpt, start)
         steps = math.ceil(len(train) / cfg.batch_size)
-        with _progress_bar(progress and start < cfg.epochs) as bar:
+        with progress_bar(progress and start < cfg.epochs) as bar:
             task = None
             if bar is not None:
                 task = bar.add_task("mopoe", total=(cfg.epochs - start) * steps, info="")
@@ -639,28 +638,6 @@ class MoPoERecoverer(Recoverer):
         model.eval()
         self.model = model
         self.history = list(extra.get("history", []))
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
-    """A rich progress bar (or None when disabled)."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-    ) as bar:
-        yield bar
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:

@@ -88,8 +88,8 @@ from dymo.recovery.mopoe import (
     VectorDecoder,
     VectorEncoder,
     _epoch_seed,
-    _progress_bar,
 )
+from dymo.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ class MultiVaeRecoverer(Recoverer):
         cfg = self.config
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         steps = math.ceil(len(train) / cfg.batch_size)
-        with _forked_rng(self.device), _progress_bar(progress) as bar:
+        with _forked_rng(self.device), progress_bar(progress) as bar:
             task = None if bar is None else bar.add_task(self.name, total=cfg.epochs * steps, info="")
             for epoch in range(cfg.epochs):
                 model.train()
