@@ -20,7 +20,7 @@ SCALE_HELP = "Lightning: processes/devices per node (a count or 'auto')."
 
 
 def scale_options(accelerator: str, devices: str, strategy: str, num_nodes: int) -> Any:
-    from dymo.inference.scale import ScaleOptions, parse_devices
+    from dymo.utils.scale import ScaleOptions, parse_devices
 
     return ScaleOptions(accelerator=accelerator, devices=parse_devices(devices), strategy=strategy, num_nodes=num_nodes)
 
@@ -48,7 +48,6 @@ def calibrate_cmd(
     import torch
 
     from dymo.data.registry import open_dataset
-    from dymo.inference.scale import run_chunks
     from dymo.selection.calibration import (
         calibration_item_features,
         calibration_plan,
@@ -57,6 +56,7 @@ def calibrate_cmd(
     )
     from dymo.training.run import load_backbone, read_run_config
     from dymo.utils.artifact import check_output, sha256_file
+    from dymo.utils.scale import run_chunks
 
     check_positive(batch_size, "--batch-size")
     check_positive(max_samples, "--max-samples")
@@ -263,10 +263,10 @@ def predict_cmd(
     from dymo.errors import ConfigError
     from dymo.inference.classifier import DyMoClassifier
     from dymo.inference.folder import InputFolder
-    from dymo.inference.scale import run_chunks
     from dymo.selection.selector import SelectionConfig
     from dymo.utils.artifact import check_output
     from dymo.utils.io import atomic_write
+    from dymo.utils.scale import run_chunks
 
     # every option is checked before any work
     if out.suffix.lower() not in (".csv", ".json"):

@@ -68,7 +68,7 @@ def evaluate_methods(
     (``discard`` leaves it out) - except for a sample with nothing else observed, which starts
     from its imputed table.
 
-    ``scale`` (a :class:`dymo.inference.scale.ScaleOptions`): run the batches through Lightning
+    ``scale`` (a :class:`dymo.utils.scale.ScaleOptions`): run the batches through Lightning
     over several processes (``parts_dir``: a folder every process sees); the metrics are the
     same as in one process, returned by the first process (``None`` in the others).
     """
@@ -110,7 +110,7 @@ def evaluate_methods(
     recoverers = {"recovery": recoverer} if need_rec else {}
     masks = _value_missing_masks if value_missing is not None else None
     if scale is not None:
-        from dymo.inference.scale import run_methods_scaled
+        from dymo.evaluation.scale import run_methods_scaled
 
         if keep_results:
             raise ConfigError("keep_results is not available with several processes")

@@ -481,7 +481,7 @@ def compute_calibration(
     statistics accumulated in float64 (sums of z, of z z^T for cosine, of ||z||^2 for
     Euclidean): one pass is enough. ``temperature`` is the prototype-softmax temperature of the
     reward's quality (0.1, as in training). ``dymo calibrate --devices N`` runs the same plan
-    over several processes (:mod:`dymo.inference.scale`), with the same result.
+    over several processes (:mod:`dymo.utils.scale`), with the same result.
     """
     metric = backbone.config.metric
     if metric not in METRICS:
