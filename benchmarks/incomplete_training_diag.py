@@ -7,15 +7,13 @@ plus discard and fuse-all. Prints (accuracy %, mean modalities used).
 
     python benchmarks/incomplete_training_diag.py 0.3 1     # docs/results.md section 6
 """
+
 import logging
+import sys
 import time
 
 import numpy as np
 import torch
-
-logging.basicConfig(level=logging.WARNING)
-torch.set_num_threads(1)
-import sys
 
 from dymo import DyMoClassifier
 from dymo.data.dataset import SplitDataset
@@ -26,6 +24,10 @@ from dymo.recovery.registry import get_recoverer
 from dymo.selection import compute_calibration
 from dymo.selection.selector import SelectionConfig
 from dymo.training.config import TrainConfig
+
+logging.basicConfig(level=logging.WARNING)
+torch.set_num_threads(1)
+
 
 p, seed = float(sys.argv[1]), int(sys.argv[2])
 data = open_dataset("mfeat")
