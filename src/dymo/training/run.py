@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 import dymo
 from dymo.data.dataset import MultimodalDataset, SplitDataset, _identity
 from dymo.data.specs import specs_from_list, specs_to_list
-from dymo.errors import BundleError, ConfigError, DymoError
+from dymo.errors import BundleError, ConfigError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.training.config import TrainConfig
+from dymo.training.engine import TrainingDiverged
 from dymo.training.module import BackboneModule
 from dymo.utils.artifact import component_manifest, load_weights, read_manifest
 from dymo.utils.io import atomic_replace_from, save_tensors, write_json
@@ -121,10 +122,6 @@ class _Provenance(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["dymo_provenance"] = self.stamp
-
-
-class TrainingDiverged(DymoError, FloatingPointError):
-    """A non-finite loss or weights during training (learning rate too high, bad data)."""
 
 
 class _FiniteGuard(L.Callback):
