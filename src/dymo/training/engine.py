@@ -26,7 +26,8 @@ The policies, the same for every module:
   epoch ``e``, a loader shuffled with ``shuffle_seed`` and one generator seeded by ``noise_seed``
   shared by that epoch's steps: epoch ``e`` replays the same randomness whatever came before,
   which is what makes a resumed fit equal an uninterrupted one.
-- **Checkpoint / resume**: with an :class:`EpochCheckpoint`, the weights, the optimiser state and
+- **Checkpoint / resume**: with an :class:`EpochCheckpoint`, the weights (the module's state dict
+  keys as they are), the optimiser state (``optim.<param index>.<key>``) and
   the number of finished epochs are written atomically after every epoch; a later fit with the
   same checkpoint resumes after the last finished epoch (a larger ``epochs`` extends the fit; any
   other change of what the checkpoint names is refused). Resuming needs ``epoch_seeds``.
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,11 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Sampler
 
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
-from dymo.data.dataset import MultimodalDataset
+from dymo.data.dataset import MultimodalDataset, _identity
 from dymo.errors import BundleError, ConfigError, DymoError
 
 log = logging.getLogger("dymo.training")
@@ -117,7 +119,9 @@ class EpochCheckpoint:
     def save(self, module: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int) -> None:
         from dymo.utils.io import save_tensors
 
-        tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+        tensors = dict(module.state_dict())
+        if any(k.startswith("optim.") for k in tensors):
+            raise ConfigError(f"{self.path}: a module with a top-level part named 'optim' cannot be checkpointed")
         for idx, st in optimizer.state_dict()["state"].items():
             for key, value in st.items():
                 tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
@@ -151,7 +155,7 @@ class EpochCheckpoint:
                     raise ConfigError(f"{path}: checkpoint was trained with a different config (keys {diff}); use another run_dir")
             elif saved != now:
                 raise BundleError(f"{path}: checkpoint is for other {key} than this fit (other modalities or data?)")
-        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        state = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
         try:
             module.load_state_dict(state)
         except RuntimeError as e:
@@ -165,6 +169,25 @@ class EpochCheckpoint:
         known = {"kind", "format", "epochs_done", *self.identity}
         extra = {k: json.loads(v) for k, v in meta.items() if k not in known}
         return int(meta["epochs_done"]), extra
+
+
+class _EpochShuffle(Sampler[int]):
+    """Each pass, the order of the first pass of ``dataset.loader(shuffle=True, seed=s)`` for
+    ``s = shuffle_seed()`` (read when the pass starts): the same order however often Lightning
+    starts a pass over an epoch, and whatever the epochs before it were."""
+
+    def __init__(self, n: int, shuffle_seed: Callable[[], int]) -> None:
+        self.n, self.shuffle_seed = n, shuffle_seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.shuffle_seed())
+        # A DataLoader(shuffle=True, generator=g) first draws its workers' base seed from g, then
+        # the permutation (tests/test_training_engine.py checks that the orders agree).
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        yield from torch.randperm(self.n, generator=g).tolist()
 
 
 class _Engine(L.LightningModule):
@@ -198,11 +221,17 @@ class _Engine(L.LightningModule):
         return batch.to(device)
 
     def train_dataloader(self) -> Any:
-        seeds = getattr(self.net, "epoch_seeds", None)
-        if seeds is not None:  # a new loader every epoch (reload_dataloaders_every_n_epochs=1)
-            return self.train_set.loader(self.cfg.batch_size, shuffle=True, seed=seeds(self.epoch)[0])
-        if self._loader is None:  # one loader, one shuffling generator for the whole fit
-            self._loader = self.train_set.loader(self.cfg.batch_size, shuffle=True, seed=self.cfg.seed)
+        if self._loader is None:
+            seeds = getattr(self.net, "epoch_seeds", None)
+            if seeds is None:  # one loader, one shuffling generator for the whole fit
+                self._loader = self.train_set.loader(self.cfg.batch_size, shuffle=True, seed=self.cfg.seed)
+            else:
+                sampler = _EpochShuffle(len(self.train_set), lambda: seeds(self.epoch)[0])
+                # A generator of its own: the DataLoader draws its worker base seed from it, not
+                # from the global RNG.
+                self._loader = DataLoader(
+                    self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=_identity, generator=torch.Generator()
+                )
         return self._loader
 
     def val_dataloader(self) -> Any:
@@ -310,7 +339,6 @@ def fit_module(
             enable_progress_bar=progress,
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            reload_dataloaders_every_n_epochs=1 if hasattr(net, "epoch_seeds") else 0,
             limit_val_batches=1.0 if scored else 0,
             deterministic=True,
         )
