@@ -37,6 +37,7 @@ from dymo.recovery.base import Recoverer
 from dymo.training.engine import FitConfig, fit_module
 from dymo.utils.artifact import component_manifest, load_weights, read_manifest
 from dymo.utils.io import atomic_write, save_tensors, write_json
+from dymo.utils.progress import progress_bar
 
 log = logging.getLogger("dymo.recovery")
 
@@ -258,42 +259,6 @@ class UnimodalClassifier(nn.Module):
             raise BundleError(f"{path / 'weights.safetensors'}: does not fit the config ({e})") from None
         model.eval()
         return model
-
-
-class progress_bar:
-    """A rich progress bar with an ``info`` column, or ``None`` when disabled."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self):  # noqa: ANN204 - returns Progress | None
-        if not self.enabled:
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self.bar.__enter__()
-        return self.bar
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 # -- the report ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.training.config import TrainConfig
 from dymo.training.engine import TrainingDiverged
 from dymo.training.module import BackboneModule
+from dymo.training.subsets import subset_accuracy_summary
 from dymo.utils.artifact import component_manifest, load_weights, read_manifest
 from dymo.utils.io import atomic_replace_from, save_tensors, write_json
 
@@ -384,8 +385,6 @@ def _fit_and_export(
         "train_samples": len(train_ds),
     }
     if evaluate_test and "test" in data.splits:
-        from dymo.evaluation.subsets import subset_accuracy_summary
-
         metrics["test"] = subset_accuracy_summary(module.backbone.eval(), data["test"], data.modalities, train.eval_batch_size)
     write_json(run / "metrics.json", metrics)
     return run
