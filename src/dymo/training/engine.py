@@ -39,6 +39,7 @@ folder keeps Lightning checkpoints and logs for ``dymo train backbone --resume``
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -46,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
@@ -190,107 +190,116 @@ class _EpochShuffle(Sampler[int]):
         yield from torch.randperm(self.n, generator=g).tolist()
 
 
-class _Engine(L.LightningModule):
-    """The LightningModule around any module with ``training_loss`` (see the module doc)."""
+@functools.cache
+def _engine_class() -> type:
+    """The LightningModule around any module with ``training_loss`` (see the module doc); made
+    on first use so that importing a component that trains through the engine does not load
+    Lightning."""
+    import lightning as L
 
-    def __init__(
-        self, net: nn.Module, cfg: FitConfig, train: MultimodalDataset, val: MultimodalDataset | None,
-        name: str, start_epoch: int, checkpoint: EpochCheckpoint | None,
-    ) -> None:
-        super().__init__()
-        self.net = net
-        self.cfg = cfg
-        self.train_set, self.val_set = train, val
-        self.component = name
-        self.start_epoch = start_epoch
-        self.checkpoint = checkpoint
-        self.best_score = -float("inf")
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self._loader: Any = None
-        self._epoch_gen: torch.Generator | None = None
-        self._step_in_epoch = 0
-        self._sum: torch.Tensor | None = None
-        self._count = 0
+    class _Engine(L.LightningModule):
+        """The engine proper: Lightning calls these hooks; they call the module's."""
 
-    @property
-    def epoch(self) -> int:
-        """0-based epoch of the whole fit (counting epochs finished before a resume)."""
-        return self.start_epoch + self.current_epoch
+        def __init__(
+            self, net: nn.Module, cfg: FitConfig, train: MultimodalDataset, val: MultimodalDataset | None,
+            name: str, start_epoch: int, checkpoint: EpochCheckpoint | None,
+        ) -> None:
+            super().__init__()
+            self.net = net
+            self.cfg = cfg
+            self.train_set, self.val_set = train, val
+            self.component = name
+            self.start_epoch = start_epoch
+            self.checkpoint = checkpoint
+            self.best_score = -float("inf")
+            self.best_state: dict[str, torch.Tensor] | None = None
+            self._loader: Any = None
+            self._epoch_gen: torch.Generator | None = None
+            self._step_in_epoch = 0
+            self._sum: torch.Tensor | None = None
+            self._count = 0
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        return batch.to(device)
+        @property
+        def epoch(self) -> int:
+            """0-based epoch of the whole fit (counting epochs finished before a resume)."""
+            return self.start_epoch + self.current_epoch
 
-    def train_dataloader(self) -> Any:
-        if self._loader is None:
+        def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+            return batch.to(device)
+
+        def train_dataloader(self) -> Any:
+            if self._loader is None:
+                seeds = getattr(self.net, "epoch_seeds", None)
+                if seeds is None:  # one loader, one shuffling generator for the whole fit
+                    self._loader = self.train_set.loader(self.cfg.batch_size, shuffle=True, seed=self.cfg.seed)
+                else:
+                    sampler = _EpochShuffle(len(self.train_set), lambda: seeds(self.epoch)[0])
+                    # A generator of its own: the DataLoader draws its worker base seed from it, not
+                    # from the global RNG.
+                    self._loader = DataLoader(
+                        self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=_identity, generator=torch.Generator()
+                    )
+            return self._loader
+
+        def val_dataloader(self) -> Any:
+            return [] if self.val_set is None else self.val_set.loader(self.cfg.eval_batch_size)
+
+        def on_train_epoch_start(self) -> None:
             seeds = getattr(self.net, "epoch_seeds", None)
-            if seeds is None:  # one loader, one shuffling generator for the whole fit
-                self._loader = self.train_set.loader(self.cfg.batch_size, shuffle=True, seed=self.cfg.seed)
-            else:
-                sampler = _EpochShuffle(len(self.train_set), lambda: seeds(self.epoch)[0])
-                # A generator of its own: the DataLoader draws its worker base seed from it, not
-                # from the global RNG.
-                self._loader = DataLoader(
-                    self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=_identity, generator=torch.Generator()
+            self._epoch_gen = None if seeds is None else torch.Generator().manual_seed(seeds(self.epoch)[1])
+            self._step_in_epoch = 0
+            hook = getattr(self.net, "on_epoch_start", None)
+            if hook is not None:
+                hook(self.epoch)
+
+        def training_step(self, batch: MultimodalBatch, batch_idx: int) -> torch.Tensor:
+            g = self._epoch_gen or torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.global_step)
+            out = self.net.training_loss(batch, g)
+            loss, logs = (out, {}) if isinstance(out, torch.Tensor) else out
+            self._step_in_epoch += 1
+            if not bool(torch.isfinite(loss.detach()).all()):
+                hint = getattr(self.net, "divergence_hint", "lower lr (or check the data)")
+                raise TrainingDiverged(
+                    f"{self.component}: loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {self._step_in_epoch}; {hint}"
                 )
-        return self._loader
+            self.log("train_loss", loss.detach(), prog_bar=True, batch_size=len(batch))
+            for key, value in logs.items():
+                self.log(key, value.detach() if isinstance(value, torch.Tensor) else value, prog_bar=True, batch_size=len(batch))
+            return loss
 
-    def val_dataloader(self) -> Any:
-        return [] if self.val_set is None else self.val_set.loader(self.cfg.eval_batch_size)
+        def on_train_epoch_end(self) -> None:
+            hook = getattr(self.net, "on_epoch_end", None)
+            if hook is not None:
+                hook(self.epoch)
+            if self.checkpoint is not None:
+                self.checkpoint.save(self.net, self.optimizers().optimizer, self.epoch + 1)  # type: ignore[union-attr]
 
-    def on_train_epoch_start(self) -> None:
-        seeds = getattr(self.net, "epoch_seeds", None)
-        self._epoch_gen = None if seeds is None else torch.Generator().manual_seed(seeds(self.epoch)[1])
-        self._step_in_epoch = 0
-        hook = getattr(self.net, "on_epoch_start", None)
-        if hook is not None:
-            hook(self.epoch)
+        def on_validation_epoch_start(self) -> None:
+            self._sum, self._count = None, 0
 
-    def training_step(self, batch: MultimodalBatch, batch_idx: int) -> torch.Tensor:
-        g = self._epoch_gen or torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.global_step)
-        out = self.net.training_loss(batch, g)
-        loss, logs = (out, {}) if isinstance(out, torch.Tensor) else out
-        self._step_in_epoch += 1
-        if not bool(torch.isfinite(loss.detach()).all()):
-            hint = getattr(self.net, "divergence_hint", "lower lr (or check the data)")
-            raise TrainingDiverged(
-                f"{self.component}: loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {self._step_in_epoch}; {hint}"
-            )
-        self.log("train_loss", loss.detach(), prog_bar=True, batch_size=len(batch))
-        for key, value in logs.items():
-            self.log(key, value.detach() if isinstance(value, torch.Tensor) else value, prog_bar=True, batch_size=len(batch))
-        return loss
+        def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
+            scores = self.net.validation_scores(batch)
+            scores = scores.float().reshape(len(batch), -1)
+            self._sum = scores.sum(0) if self._sum is None else self._sum + scores.sum(0)
+            self._count += len(batch)
 
-    def on_train_epoch_end(self) -> None:
-        hook = getattr(self.net, "on_epoch_end", None)
-        if hook is not None:
-            hook(self.epoch)
-        if self.checkpoint is not None:
-            self.checkpoint.save(self.net, self.optimizers().optimizer, self.epoch + 1)  # type: ignore[union-attr]
+        def on_validation_epoch_end(self) -> None:
+            if self._sum is None:
+                return
+            score = float((self._sum / max(self._count, 1)).mean())
+            self.log("val_score", score, prog_bar=True)
+            if score > self.best_score:
+                self.best_score = score
+                self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
-    def on_validation_epoch_start(self) -> None:
-        self._sum, self._count = None, 0
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            opt = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            if self.checkpoint is not None and self.checkpoint.optim_state is not None:
+                opt.load_state_dict({"state": self.checkpoint.optim_state, "param_groups": opt.state_dict()["param_groups"]})
+            return opt
 
-    def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
-        scores = self.net.validation_scores(batch)
-        scores = scores.float().reshape(len(batch), -1)
-        self._sum = scores.sum(0) if self._sum is None else self._sum + scores.sum(0)
-        self._count += len(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        if self._sum is None:
-            return
-        score = float((self._sum / max(self._count, 1)).mean())
-        self.log("val_score", score, prog_bar=True)
-        if score > self.best_score:
-            self.best_score = score
-            self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        if self.checkpoint is not None and self.checkpoint.optim_state is not None:
-            opt.load_state_dict({"state": self.checkpoint.optim_state, "param_groups": opt.state_dict()["param_groups"]})
-        return opt
+    return _Engine
 
 
 def fit_module(
@@ -307,6 +316,7 @@ def fit_module(
     """Train ``net`` on ``train`` (see the module doc for the policies); leave it in eval mode
     on the CPU (or on ``device`` when given). Returns the best validation score (None without
     ``val``). With ``checkpoint``, resumes from it when its file exists."""
+    import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
     if checkpoint is not None and getattr(net, "epoch_seeds", None) is None:
@@ -328,7 +338,7 @@ def fit_module(
         accelerator, devices = cfg.accelerator if target is None else target.type, 1
     if start < cfg.epochs:
         net.train()  # Lightning keeps the mode it finds; a second fit (DynMM's gate) starts from eval
-        engine = _Engine(net, cfg, train, val if scored else None, name, start, checkpoint)
+        engine = _engine_class()(net, cfg, train, val if scored else None, name, start, checkpoint)
         trainer = L.Trainer(
             accelerator=accelerator,
             devices=devices,
