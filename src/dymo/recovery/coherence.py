@@ -183,6 +183,7 @@ class UnimodalClassifier(nn.Module):
         device = next(self.parameters()).device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
+            self._description = description
             fit_module(self, train, fit, progress=progress, name=description, device=device)
         return self
 
@@ -213,7 +214,8 @@ class UnimodalClassifier(nn.Module):
         return loss, {"train_acc": self._correct / max(self._total, 1)}
 
     def on_epoch_end(self, epoch: int) -> None:
-        log.info("unimodal classifiers epoch %d: train accuracy %.4f", epoch + 1, self._correct / max(self._total, 1))
+        name = getattr(self, "_description", "unimodal classifiers")
+        log.info("%s epoch %d: train accuracy %.4f", name, epoch + 1, self._correct / max(self._total, 1))
 
     @torch.no_grad()
     def embed_dataset(self, ds: MultimodalDataset, batch_size: int = 1024, progress: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
