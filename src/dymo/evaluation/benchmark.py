@@ -86,6 +86,7 @@ from dymo.evaluation.pipeline import scenario_mask
 from dymo.recovery.base import Recoverer
 from dymo.selection.selector import SEARCHING, SelectionConfig
 from dymo.utils.io import read_json, write_json
+from dymo.utils.progress import progress_columns
 
 log = logging.getLogger("dymo.benchmark")
 
@@ -267,16 +268,9 @@ def run_benchmark(
     groups: dict[tuple[str, int], list[Cell]] = {}
     for c in pending:
         groups.setdefault((c.scenario, c.seed), []).append(c)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = progress_columns()
     with Progress(*columns, disable=not progress) as bar:
         t_cells = bar.add_task("benchmark cells", total=len(pending))
         t_batch = bar.add_task("", total=len(test), visible=False)
