@@ -137,7 +137,7 @@ class M3CareNet(BaselineNet):
         ref_used = torch.ones(n, self.num_modalities, dtype=torch.bool, device=feats.device)
         return self.classify(self.impute(feats, used, ref, ref_used))
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.labels
         assert y is not None
         b, m = len(batch), self.num_modalities
@@ -147,7 +147,7 @@ class M3CareNet(BaselineNet):
         everything = torch.ones_like(used)  # references are complete, as the test-time bank is
         dropped = self.classify(self.impute(feats, used, feats, everything, exclude_self=True))
         full = self.classify(feats)
-        return 0.5 * (F.nll_loss(dropped, y) + F.nll_loss(full, y)), accuracy(full, y)
+        return 0.5 * (F.nll_loss(dropped, y) + F.nll_loss(full, y)), {"train_acc": accuracy(full, y)}
 
     @torch.no_grad()
     def _push(self, feats: torch.Tensor) -> None:
