@@ -504,3 +504,34 @@ def test_m3care_trains_on_a_batch_of_one_without_nan(data):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_m3care_bank_references_never_include_the_sample_itself(data):
+    """With train_references="bank", the bank holds earlier batches' features; a sample met
+    again (next epoch) is recognised by its input fingerprint and kept out of its neighbours."""
+    torch.set_num_threads(1)
+    b = get_baseline("m3care", **tiny("m3care", epochs=1), train_references="bank")
+    b.specs, b.class_names = list(data.specs), list(data.class_names)
+    net = b._build()
+    first = data["train"].batch(range(32))
+    fp = net._fingerprint(first.data)
+    again = net._fingerprint(data["train"].batch([5, 3]).data)  # other batch shape, same samples
+    torch.testing.assert_close(again, fp[[5, 3]], atol=0, rtol=1e-12)
+    assert len(torch.unique(fp)) == 32
+    net._push(torch.zeros(32, 3, 16), fp)
+    seen = []
+    real_impute = net.impute
+
+    def spy(feats, used, ref, ref_used, exclude=None):
+        seen.append(exclude)
+        return real_impute(feats, used, ref, ref_used, exclude)
+
+    net.impute = spy
+    net.training_loss(data["train"].batch(range(16, 48)), torch.Generator().manual_seed(0))
+    (exclude,) = seen
+    assert exclude.shape == (32, 32)
+    expected = torch.zeros(32, 32, dtype=torch.bool)
+    expected[torch.arange(16), torch.arange(16, 32)] = True  # rows 16..31 of the bank are samples 16..31
+    assert torch.equal(exclude, expected)
+    fitted = b.fit(data, progress=False)
+    assert fitted.predict_proba(data["test"].all()).shape == (48, 3)

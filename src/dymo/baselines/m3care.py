@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,10 @@ class M3CareConfig(Config):
     fusion_depth: int = 1
     fusion_heads: int = 4
     drop_prob: float = 0.5  # simulated missingness during training (per modality and sample)
+    # Training references: "batch" (the other samples of the batch, as M3Care) or "bank" (the
+    # features of the latest bank_size training samples, the sample itself excluded: the same
+    # pool size as at test).
+    train_references: Literal["batch", "bank"] = "batch"
 
     def validate(self) -> None:
         if min(self.similarity_dim, self.neighbours, self.bank_size, self.fusion_depth, self.fusion_heads) < 1:
@@ -48,6 +53,8 @@ class M3CareConfig(Config):
             raise ConfigError(f"M3CareConfig: temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.drop_prob < 1.0:
             raise ConfigError(f"M3CareConfig: drop_prob {self.drop_prob} outside [0, 1)")
+        if self.train_references not in ("batch", "bank"):
+            raise ConfigError(f"M3CareConfig: train_references must be 'batch' or 'bank', got {self.train_references!r}")
         if self.encoder.dim % self.fusion_heads:
             raise ConfigError(f"M3CareConfig: encoder.dim {self.encoder.dim} is not divisible by fusion_heads {self.fusion_heads}")
 
@@ -62,12 +69,14 @@ class M3CareNet(BaselineNet):
     ``neighbours`` most similar references that have ``m`` (M3Care's task-guided latent
     imputation; its learned similarity threshold is replaced by a fixed top-k).
 
-    References: during training, the other samples of the batch (as in M3Care, the sample
-    itself excluded), with each sample's modalities dropped at random (``drop_prob``) to
-    simulate missingness; at test, the **bank**: the features of ``bank_size`` training
-    samples, computed with the final weights after training (a buffer, saved with the weights).
-    Until the bank is filled (validation during training) the bank holds the latest training
-    batches' features.
+    References: during training, the other samples of the batch (``train_references =
+    "batch"``, as in M3Care), or the bank of the latest ``bank_size`` training samples'
+    features (``"bank"``: the test-time pool size; a sample is kept out of its own neighbours by
+    a fingerprint of its raw input), with each sample's modalities dropped at random
+    (``drop_prob``) to simulate missingness; at test, the **bank**: the features of
+    ``bank_size`` training samples, computed with the final weights after training (a buffer,
+    saved with the weights). Until then (validation during training) the bank holds the
+    latest training batches' features.
 
     Loss: cross-entropy of the fused prediction on the dropped view + on the complete view.
     """
@@ -78,6 +87,7 @@ class M3CareNet(BaselineNet):
         self.specs = list(specs)
         m = self.num_modalities = len(self.specs)
         self.neighbours, self.temperature, self.drop_prob = cfg.neighbours, cfg.temperature, cfg.drop_prob
+        self.train_references = cfg.train_references
         self.features = ModalityFeatures(self.specs, enc)
         self.similarity = nn.ModuleList(nn.Linear(enc.dim, cfg.similarity_dim) for _ in range(m))
         self.modality_embed = nn.Parameter(torch.randn(m, enc.dim) * 0.02)
@@ -89,13 +99,18 @@ class M3CareNet(BaselineNet):
         self.register_buffer("bank", torch.zeros(cfg.bank_size, m, enc.dim))
         self.register_buffer("bank_filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("bank_next", torch.zeros((), dtype=torch.long))
+        # Training only (not saved): a fingerprint of each bank row's raw input, so a sample is
+        # never its own neighbour when the training references are the bank.
+        self.register_buffer("bank_fingerprint", torch.full((cfg.bank_size,), float("nan"), dtype=torch.float64), persistent=False)
+        g = torch.Generator().manual_seed(1234)
+        self._fp_dirs = [torch.randn(int(torch.tensor(s.shape).prod()), generator=g, dtype=torch.float64) for s in self.specs]
 
     # -- the similar-sample graph --------------------------------------------------------------
     def _keys(self, feats: torch.Tensor) -> torch.Tensor:
         """Per-modality similarity keys ``[N, M, S]`` (L2-normalised)."""
         return F.normalize(torch.stack([p(feats[:, i]) for i, p in enumerate(self.similarity)], dim=1), dim=-1)
 
-    def impute(self, feats: torch.Tensor, used: torch.Tensor, ref: torch.Tensor, ref_used: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
+    def impute(self, feats: torch.Tensor, used: torch.Tensor, ref: torch.Tensor, ref_used: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """``feats`` ``[B, M, D]`` with the rows of unused modalities replaced by the weighted mean
         of the same modality of the most similar references (``ref`` ``[N, M, D]``, ``ref_used``)."""
         q, k = self._keys(feats), self._keys(ref)
@@ -105,8 +120,8 @@ class M3CareNet(BaselineNet):
         shared = both.sum(-1)
         sim = torch.where(both, cos, zero).sum(-1) / shared.clamp_min(1)  # [B, N]
         sim = sim.masked_fill(shared == 0, float("-inf"))
-        if exclude_self:
-            sim = sim.masked_fill(torch.eye(len(feats), dtype=torch.bool, device=sim.device), float("-inf"))
+        if exclude is not None:  # bool [B, N]: pairs that may not be neighbours (a sample and itself)
+            sim = sim.masked_fill(exclude, float("-inf"))
         out = feats
         for m in range(self.num_modalities):
             missing = ~used[:, m]
@@ -137,25 +152,46 @@ class M3CareNet(BaselineNet):
         ref_used = torch.ones(n, self.num_modalities, dtype=torch.bool, device=feats.device)
         return self.classify(self.impute(feats, used, ref, ref_used))
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.labels
         assert y is not None
         b, m = len(batch), self.num_modalities
         feats = self.features(batch.data, None)
-        self._push(feats.detach())
+        fp = self._fingerprint(batch.data)
         used = dropout_masks(b, m, self.drop_prob, generator).to(feats.device)
-        everything = torch.ones_like(used)  # references are complete, as the test-time bank is
-        dropped = self.classify(self.impute(feats, used, feats, everything, exclude_self=True))
+        n = int(self.bank_filled)
+        if self.train_references == "bank" and n > 0:
+            ref = self.bank[:n]
+            exclude = (self.bank_fingerprint[:n].unsqueeze(0) - fp.unsqueeze(1)).abs() <= 1e-9 * (fp.abs().unsqueeze(1) + 1.0)
+        else:
+            ref = feats
+            exclude = torch.eye(b, dtype=torch.bool, device=feats.device)
+        self._push(feats.detach(), fp)
+        everything = torch.ones(len(ref), m, dtype=torch.bool, device=feats.device)  # references are complete, as the bank
+        dropped = self.classify(self.impute(feats, used, ref, everything, exclude))
         full = self.classify(feats)
-        return 0.5 * (F.nll_loss(dropped, y) + F.nll_loss(full, y)), accuracy(full, y)
+        return 0.5 * (F.nll_loss(dropped, y) + F.nll_loss(full, y)), {"train_acc": accuracy(full, y)}
 
     @torch.no_grad()
-    def _push(self, feats: torch.Tensor) -> None:
+    def _fingerprint(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A float64 ``[B]`` random projection of each sample's raw input (equal inputs, equal
+        fingerprints up to rounding; different inputs, different ones)."""
+        out = None
+        for s, r in zip(self.specs, self._fp_dirs, strict=True):
+            x = data[s.name]
+            v = x.reshape(len(x), -1).to(torch.float64) @ r.to(x.device)
+            out = v if out is None else out + v
+        assert out is not None
+        return out
+
+    @torch.no_grad()
+    def _push(self, feats: torch.Tensor, fingerprint: torch.Tensor) -> None:
         """Ring-buffer write of training features into the bank (used until it is rebuilt)."""
         size = self.bank.shape[0]
-        feats = feats[-size:]
+        feats, fingerprint = feats[-size:], fingerprint[-size:]
         idx = (int(self.bank_next) + torch.arange(len(feats), device=feats.device)) % size
         self.bank[idx] = feats
+        self.bank_fingerprint[idx] = fingerprint.to(self.bank_fingerprint.device)
         self.bank_next.fill_((int(self.bank_next) + len(feats)) % size)
         self.bank_filled.fill_(min(size, int(self.bank_filled) + len(feats)))
 

@@ -191,7 +191,7 @@ def _finish(cell: Cell, ran: EngineResult, mods: Sequence[str]) -> MethodMetrics
     hist = torch.bincount(steps, minlength=1).float() / len(steps)
     rec_s = ran.recovery_seconds.get(cell.recoverer, 0.0) if cell.recoverer != NO_RECOVERY else 0.0
     return method_metrics(
-        cell.method.name, cell.scenario, cell.seed, probs=r.probs, labels=ran.labels, observed=ran.observed,
+        cell.method.name, cell.scenario, cell.seed, probs=r.probs, predictions=r.predictions, labels=ran.labels, observed=ran.observed,
         candidates=ran.candidates, offers_recovery=selection and cell.method.base != "discard",
         steps=steps, added=r.added if selection else None, modalities=mods,
         seconds=r.seconds + r.shared_seconds + rec_s,

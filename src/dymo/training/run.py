@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 import dymo
 from dymo.data.dataset import MultimodalDataset, SplitDataset, _identity
 from dymo.data.specs import specs_from_list, specs_to_list
-from dymo.errors import BundleError, ConfigError, DymoError
+from dymo.errors import BundleError, ConfigError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.training.config import TrainConfig
+from dymo.training.engine import TrainingDiverged
 from dymo.training.module import BackboneModule
 from dymo.training.subsets import subset_accuracy_summary
 from dymo.utils.artifact import component_manifest, load_weights, read_manifest
@@ -122,10 +123,6 @@ class _Provenance(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["dymo_provenance"] = self.stamp
-
-
-class TrainingDiverged(DymoError, FloatingPointError):
-    """A non-finite loss or weights during training (learning rate too high, bad data)."""
 
 
 class _FiniteGuard(L.Callback):
