@@ -64,9 +64,11 @@ log = logging.getLogger("dymo.benchmark")
 
 METRIC_NAMES = ("cosine", "euclidean")
 #: DyMo's selection methods that need calibration statistics.
-SEARCHING = ("dymo", "iterative", "simultaneous")
-#: The ablation of the paper, in its order.
-ABLATION = ("fuse-all", "simultaneous", "iterative", "dymo")
+SEARCHING = ("dymo", "iterative", "simultaneous", "dymo-paper")
+#: DyMo with the paper's acceptance rule (tau 0); ``dymo`` uses the rule tuned on validation.
+RULE_VARIANTS = ("dymo-paper",)
+#: The ablation of the paper, in its order (then the calibrated acceptance rule).
+ABLATION = ("fuse-all", "simultaneous", "iterative", "dymo-paper", "dymo")
 #: EXPERIMENT-ONLY upper bounds: they read the true missing data or the labels.
 UPPER_BOUNDS = ("oracle-complete", "oracle-selection", "oracle-selection-shuffled")
 #: Baselines that are the DyMo backbone with a fixed policy: no training of their own.
@@ -201,9 +203,9 @@ def plan_methods(methods: Sequence[str], metrics: Sequence[str]) -> list[MethodS
         name = raw.strip()
         base, metric = name, None
         for m in METRIC_NAMES:
-            if name.endswith(f"-{m}") and name[: -len(m) - 1] in METHODS:
+            if name.endswith(f"-{m}") and name[: -len(m) - 1] in (*METHODS, *RULE_VARIANTS):
                 base, metric = name[: -len(m) - 1], m
-        if base in METHODS:
+        if base in METHODS or base in RULE_VARIANTS:
             if metric is not None and metric not in metrics:
                 raise ConfigError(f"method {name!r} needs the {metric} metric; add it to --metric")
             for m in [metric] if metric else metrics:
@@ -216,7 +218,7 @@ def plan_methods(methods: Sequence[str], metrics: Sequence[str]) -> list[MethodS
         elif name in BASELINES:
             add(MethodSpec(name, "baseline", name))
         else:
-            known = [*METHODS, *(f"{b}-{m}" for b in ("dymo",) for m in METRIC_NAMES), *BASELINES, "oracle-selection-shuffled"]
+            known = [*METHODS, *RULE_VARIANTS, *(f"{b}-{m}" for b in ("dymo",) for m in METRIC_NAMES), *BASELINES, "oracle-selection-shuffled"]
             raise ConfigError(f"unknown method {name!r}; known: {sorted(set(known))}")
     return out
 
@@ -325,6 +327,7 @@ class Models:
         self._calibrations: dict[str, Calibration] = {}
         self._recoverers: dict[str, Recoverer] = {}
         self._baselines: dict[str, Any] = {}
+        self._thresholds: dict[str, list[float]] = {}
         self.info: dict[str, str] = {}
 
     # where things come from (recorded in benchmark.json; a rerun must agree)
@@ -433,6 +436,36 @@ class Models:
             raise ConfigError(f"recoverer {label!r} knows modalities {list(rec.modalities)}, the data has {list(self.data.modalities)}")
         self._recoverers[label] = rec
         return rec
+
+    def threshold(self, metric: str, label: str) -> list[float]:
+        """DyMo's acceptance thresholds for this backbone and recoverer, tuned on the (scaled)
+        validation split under simulated missingness; cached in ``threshold-<metric>-<label>.json``."""
+        from dymo.selection.acceptance import ThresholdTuning, tune_threshold
+
+        key = f"threshold {metric} {label}"
+        if key in self._thresholds:
+            return self._thresholds[key]
+        slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", label)
+        path = self.folder / f"threshold-{metric}-{slug}.json"
+        if path.exists():
+            tuned = ThresholdTuning.from_dict(read_json(path), source=str(path))
+        else:
+            val = self.data["val"]
+            self.log(f"tuning the acceptance threshold of the {metric} backbone with {label} on {len(val)} validation samples")
+            rec = self.sweep_recoverer(label, 0) if label.startswith("oracle[") else self.recoverer(label)
+            tuned = tune_threshold(
+                self.backbone(metric), self.calibration(metric), rec, val, batch_size=self.config.batch_size, recoverer_name=label
+            )
+            write_json(path, tuned.to_dict())
+        self.info[key] = f"tau per number observed {tuned.thresholds} (tuned on validation, {path.name})"
+        self._thresholds[key] = tuned.thresholds
+        return tuned.thresholds
+
+    def selection_config(self, base: str, metric: str, label: str) -> SelectionConfig:
+        """``dymo``: the tuned acceptance rule; ``dymo-paper`` and the ablation variants: tau 0."""
+        if base == "dymo" and label != NO_RECOVERY:
+            return SelectionConfig(method="dymo", threshold=self.threshold(metric, label))
+        return SelectionConfig(method="dymo" if base == "dymo-paper" else base, threshold=0.0)  # type: ignore[arg-type]
 
     def oracle(self) -> Recoverer:
         if "__oracle__" not in self._recoverers:
@@ -609,7 +642,7 @@ def _evaluate_batch(
             t1 = time.perf_counter()
             cal = models.calibration(metric) if c.method.base in SEARCHING else _dummy_calibration(net)
             cand = candidates if c.method.base != "discard" else torch.zeros_like(candidates)
-            res = select_with_backbone(net, tokens, hidden.observed, cand, cal, SelectionConfig(method=c.method.base))  # type: ignore[arg-type]
+            res = select_with_backbone(net, tokens, hidden.observed, cand, cal, models.selection_config(c.method.base, metric, c.recoverer))
             a = acc[c.key]
             a.seconds += time.perf_counter() - t1 + encode_s
             a.probs.append(res.probabilities.float().cpu())
@@ -656,6 +689,7 @@ def _finish(
         n=len(labels),
         accuracy=float(correct.mean()),
         auc=_auc(probs, labels, num_classes),
+        ece=_ece(probs, labels, num_classes),
         avg_steps=float(steps.float().mean()),
         acceptance_rate=(float(added.sum()) / offered) if offered else None,
         acceptance_per_modality={
@@ -667,6 +701,18 @@ def _finish(
         seconds=round(a.seconds + (rec_s if cell.recoverer != NO_RECOVERY else 0.0), 3),
         extra={"recoverer": cell.recoverer, "steps_hist": [round(float(v), 6) for v in hist]},
     )
+
+
+def _ece(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Expected calibration error of the top-class confidence (15 equal-width bins, L1)."""
+    from torchmetrics.functional.classification import (
+        binary_calibration_error,
+        multiclass_calibration_error,
+    )
+
+    if num_classes == 2:
+        return float(binary_calibration_error(probs[:, 1], labels, n_bins=15))
+    return float(multiclass_calibration_error(probs, labels, num_classes=num_classes, n_bins=15))
 
 
 def _auc(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float | None:
@@ -828,6 +874,8 @@ def _prepare(pending: list[Cell], models: Models) -> None:
             models.backbone(m.metric)  # type: ignore[arg-type]
             if m.base in SEARCHING:
                 models.calibration(m.metric)  # type: ignore[arg-type]
+            if m.base == "dymo" and c.recoverer != NO_RECOVERY:
+                models.threshold(m.metric, c.recoverer)  # type: ignore[arg-type]
         else:
             models.baseline(m.base)
         if c.recoverer != NO_RECOVERY and not c.recoverer.startswith("oracle["):
@@ -889,6 +937,7 @@ def _row(cell: dict[str, Any], spec: MethodSpec) -> dict[str, Any]:
         "n": m["n"],
         "accuracy": m["accuracy"],
         "auc": m["auc"],
+        "ece": m.get("ece"),
         "steps": m["avg_steps"] if cell["kind"] == "selection" else None,
         "acceptance": m["acceptance_rate"],
         "seconds": m["seconds"],
@@ -993,7 +1042,7 @@ def write_reports(
     main_order = [lab for lab in order if lab not in upper]
     upper_order = [lab for lab in order if lab in upper]
 
-    csv_cols = ["method", "kind", "metric", "recoverer", "scenario", "seed", "n", "accuracy", "auc", "steps", "acceptance", "seconds", "missing_rate"]
+    csv_cols = ["method", "kind", "metric", "recoverer", "scenario", "seed", "n", "accuracy", "auc", "ece", "steps", "acceptance", "seconds", "missing_rate"]
     _write_csv(out / "results.csv", df[csv_cols].rename(columns={"kind": "family"}))
     files["results.csv"] = out / "results.csv"
 

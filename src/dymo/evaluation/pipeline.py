@@ -42,6 +42,7 @@ class MethodMetrics:
     missing_rate: float
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    ece: float | None = None  # expected calibration error of the top-class confidence
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dymo.errors import BundleError, DataError
+from dymo.selection.acceptance import ThresholdTuning
 from dymo.selection.reward import METRICS
 from dymo.utils.io import load_tensors, save_tensors
 from dymo.utils.subsets import all_subsets, codes_to_masks
@@ -51,6 +52,8 @@ class Calibration:
     overall: torch.Tensor  # [C, D]
     num_modalities: int
     modalities: tuple[str, ...] = ()
+    # The acceptance rule tuned on validation data (dymo.selection.acceptance), if any.
+    threshold: ThresholdTuning | None = None
 
     def __post_init__(self) -> None:
         if not self.modalities:
@@ -96,11 +99,16 @@ class Calibration:
                 )
         if not bool(torch.isfinite(self.overall).all()):
             raise BundleError(f"{source}: overall prototypes hold NaN or Inf")
+        if self.threshold is not None and len(self.threshold.thresholds) != m:
+            raise BundleError(
+                f"{source}: tuned thresholds have {len(self.threshold.thresholds)} entries, expected {m} "
+                f"(one per number of observed modalities 0..{m - 1})"
+            )
 
     def to(self, device: torch.device | str) -> Calibration:
         return Calibration(
             self.metric, self.temperature, self.prototypes.to(device), self.sigma.to(device),
-            self.overall.to(device), self.num_modalities, self.modalities,
+            self.overall.to(device), self.num_modalities, self.modalities, self.threshold,
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -113,6 +121,8 @@ class Calibration:
             "num_modalities": str(self.num_modalities),
             "modalities": json.dumps(list(self.modalities)),
         }
+        if self.threshold is not None:
+            metadata["selection_threshold"] = self.threshold.to_json()
         tensors = {"prototypes": self.prototypes.float(), "sigma": self.sigma.float(), "overall": self.overall.float()}
         save_tensors(path, tensors, metadata)
 
@@ -148,6 +158,8 @@ class Calibration:
         cal = object.__new__(cls)
         cal.metric, cal.temperature, cal.num_modalities, cal.modalities = metric, temperature, num_modalities, modalities
         cal.prototypes, cal.sigma, cal.overall = tensors["prototypes"], tensors["sigma"], tensors["overall"]
+        tuned = metadata.get("selection_threshold")
+        cal.threshold = None if tuned is None else ThresholdTuning.from_json(tuned, source=path)
         cal.validate(source=path)
         return cal
 

@@ -50,6 +50,9 @@ class TrainConfig(Config):
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = 0.0
     subsets_per_batch: int | None = None  # None: 5 for >= 4 modalities, else 2
+    # "stratified": every singleton and the full set in every batch, plus the K random subsets
+    # (the encoders still run once per batch); "random": the paper's K random subsets only.
+    subset_schedule: Literal["stratified", "random"] = "stratified"
     proto_weight: float = 1.0
     proto_start_epoch: int = 2  # 0-based: the third epoch, as in the paper
     temperature: float = 0.1
@@ -141,6 +144,8 @@ def train_backbone(
         old = read_json(run / "config.json")
         for key in ("specs", "backbone", "train"):
             before, now = old.get(key), config[key]
+            if key == "train" and isinstance(before, dict) and "subset_schedule" not in before:
+                before = {**before, "subset_schedule": "random"}  # runs from before the option trained this way
             if key == "train" and isinstance(before, dict) and before.get("epochs", 0) <= now["epochs"]:
                 # A larger --epochs extends a run (no schedule depends on it); nothing else may change.
                 before, now = {**before, "epochs": 0}, {**now, "epochs": 0}

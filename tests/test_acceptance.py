@@ -1,0 +1,241 @@
+"""The acceptance rule of the selection (a recovery is accepted only if R > tau), its tuning on
+validation data, and its storage with the calibration."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dymo.errors import BundleError, ConfigError
+from dymo.selection import Calibration, SelectionConfig, select
+from dymo.selection.acceptance import (
+    ThresholdTuning,
+    pick_thresholds,
+    resolve_thresholds,
+    tune_threshold,
+)
+from test_selection_search import B, M, Table, observed_mask
+
+
+def run(table, obs, **cfg):
+    return select(table, obs, ~obs, table.cal, SelectionConfig(**cfg))
+
+
+def accepted_rewards(res):
+    """(reward, tau) of every accepted step (dymo: one modality per step)."""
+    out = []
+    for t in range(res.action_history.shape[0]):
+        for i in range(len(res)):
+            u = int(res.action_history[t, i])
+            if u != 100 and bool(res.initial_used[i].any()):
+                out.append((float(res.reward_history[t, i, u]), float(res.thresholds[i])))
+    return out
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.05, 0.2])
+@pytest.mark.parametrize("method", ["dymo", "iterative", "simultaneous"])
+def test_a_candidate_is_accepted_only_above_tau(tau, method):
+    table, obs = Table(), observed_mask()
+    res = run(table, obs, method=method, threshold=tau)
+    for t in range(res.reward_history.shape[0]):
+        r = res.reward_history[t]
+        evaluated = ~torch.isnan(r)
+        searched = res.initial_used.any(1, keepdim=True)
+        # every accepted candidate of a sample that observes something had R > tau ...
+        if method == "simultaneous":
+            acc = res.added & evaluated
+        else:
+            acc = torch.zeros_like(evaluated)
+            for i in range(len(res)):
+                u = int(res.action_history[t, i])
+                if u != 100:
+                    acc[i, u] = True
+        assert bool((r[acc & searched] > tau).all())
+        # ... and a candidate below tau is rejected for good
+        assert bool(res.rejected[(r < tau) & evaluated & searched & ~acc].all())
+    for i in range(len(res)):
+        for s in res.explain(i).steps:
+            for c in s.candidates:
+                if c.decision == "accepted" and bool(obs[i].any()):
+                    assert c.reward > tau
+                if c.decision == "rejected":
+                    assert c.reward < tau
+
+
+def test_a_larger_tau_accepts_less_and_tau_zero_is_the_paper_rule():
+    table, obs = Table(), observed_mask()
+    paper = run(table, obs)  # the default: "calibrated", no tuned tau -> 0
+    zero = run(table, obs, threshold=0.0)
+    assert torch.equal(paper.used, zero.used) and torch.equal(paper.rejected, zero.rejected)
+    steps = [int(run(table, obs, threshold=t).steps.sum()) for t in (-math.inf, 0.0, 0.1, 0.3, math.inf)]
+    assert steps == sorted(steps, reverse=True) and steps[0] > steps[1] > steps[-1]
+
+
+@pytest.mark.parametrize("method", ["dymo", "iterative", "simultaneous"])
+def test_infinite_tau_makes_discards_decisions_and_minus_inf_fuse_alls(method):
+    table, obs = Table(), observed_mask()
+    never = run(table, obs, method=method, threshold=math.inf)
+    discard = run(table, obs, method="discard")
+    assert torch.equal(never.used, discard.used) and int(never.steps.sum()) == 0
+    assert torch.equal(never.predictions, discard.predictions)
+    if method != "simultaneous":
+        always = run(table, obs, method=method, threshold=-math.inf)
+        assert torch.equal(always.used, run(table, obs, method="fuse-all").used)
+
+
+def test_with_nothing_observed_the_first_addition_stays_forced():
+    table = Table()
+    obs = observed_mask(allow_empty=True)
+    assert bool((~obs.any(1)).any())
+    res = run(table, obs, threshold=math.inf)
+    assert bool((res.steps[~obs.any(1)] == 1).all()) and bool((res.steps[obs.any(1)] == 0).all())
+
+
+def test_per_count_thresholds_apply_by_number_observed():
+    table, obs = Table(), observed_mask()
+    k = obs.sum(1)
+    taus = [0.0, math.inf, 0.0, 0.0]  # no recovery for samples with 1 observed modality
+    res = run(table, obs, threshold=taus)
+    assert bool((res.steps[k == 1] == 0).all())
+    paper = run(table, obs, threshold=0.0)
+    assert torch.equal(res.used[k != 1], paper.used[k != 1])
+    assert bool((paper.steps[k == 1] > 0).any())  # the rule changed something
+    assert res.thresholds.tolist() == [taus[int(v)] for v in k]
+
+
+def test_threshold_config_validates_and_round_trips(tmp_path):
+    for value in (0.2, math.inf, [0.0, 0.1, math.inf, -math.inf], "calibrated"):
+        cfg = SelectionConfig(threshold=value)
+        cfg.save(tmp_path / "s.json")
+        assert SelectionConfig.load(tmp_path / "s.json") == cfg
+    with pytest.raises(ConfigError, match="NaN"):
+        SelectionConfig(threshold=math.nan)
+    with pytest.raises(ConfigError, match="threshold"):
+        SelectionConfig.from_dict({"threshold": "tuned"})
+    table, obs = Table(), observed_mask()
+    with pytest.raises(ConfigError, match="one per number of observed"):
+        run(table, obs, threshold=[0.0, 0.1])
+
+
+def _tuning(thresholds):
+    return ThresholdTuning(thresholds=thresholds, recoverer="retrieval", correct=[[1, 2]] * len(thresholds), counts=[3] * len(thresholds))
+
+
+def test_the_tuned_threshold_is_stored_and_loaded_with_the_calibration(tmp_path):
+    table, obs = Table(), observed_mask()
+    taus = [0.0, math.inf, 0.1, -math.inf]
+    table.cal.threshold = _tuning(taus)
+    table.cal.save(tmp_path / "cal.safetensors")
+    back = Calibration.load(tmp_path / "cal.safetensors")
+    assert back.threshold.thresholds == taus and back.threshold.recoverer == "retrieval"
+    assert back.to("cpu").threshold is back.threshold
+    # "calibrated" (the default) applies it; an explicit number overrides it
+    table.cal = back
+    assert torch.equal(run(table, obs).used, run(table, obs, threshold=taus).used)
+    assert torch.equal(run(table, obs, threshold=0.0).used, select(table, obs, ~obs, _untuned(back), SelectionConfig()).used)
+    # a calibration without a tuned rule loads with none
+    _untuned(back).save(tmp_path / "plain.safetensors")
+    assert Calibration.load(tmp_path / "plain.safetensors").threshold is None
+
+
+def _untuned(cal):
+    return Calibration(cal.metric, cal.temperature, cal.prototypes, cal.sigma, cal.overall, cal.num_modalities, cal.modalities)
+
+
+def test_a_malformed_stored_threshold_is_refused(tmp_path):
+    table = Table()
+    table.cal.threshold = _tuning([0.0, 0.1])  # 2 entries for 4 modalities
+    with pytest.raises(BundleError, match="tuned thresholds have 2 entries"):
+        table.cal.validate()
+    with pytest.raises(BundleError, match="malformed"):
+        ThresholdTuning.from_json("{not json")
+    assert resolve_thresholds("calibrated", None, 3) == [0.0] * 4
+
+
+def test_pick_takes_the_validation_best_and_falls_back_to_discard_on_ties():
+    grid = [-math.inf, 0.0, 0.1, math.inf]
+    correct = np.array([[5, 7, 9, 8], [5, 6, 6, 6], [9, 9, 9, 9], [10, 3, 3, 3]])
+    assert pick_thresholds(correct, grid) == [0.1, math.inf, math.inf, -math.inf]
+
+
+class _Data:
+    """A complete validation set of B samples whose labels the tuner may read (it is validation)."""
+
+    def __init__(self, labels):
+        self.labels = labels
+        self.modalities = tuple(f"m{i}" for i in range(M))
+        self.observed = np.ones((B, M), dtype=bool)
+        self.batches = 0
+
+    def __len__(self):
+        return B
+
+    def batch(self, idx):
+        from dymo.data.batch import MultimodalBatch
+
+        self.batches += 1
+        idx = torch.as_tensor(idx)
+        data = {m: idx.float().unsqueeze(1).repeat(1, 2) for m in self.modalities}
+        return MultimodalBatch(data, torch.ones(len(idx), M, dtype=torch.bool), self.modalities, self.labels[idx])
+
+
+class _TableBackbone(torch.nn.Module):
+    """``encode`` keeps the sample index; ``fuse`` reads the table."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("C", (), {"metric": table.cal.metric})()
+        self.modalities = tuple(f"m{i}" for i in range(M))
+
+    def encode(self, data, observed):
+        return data["m0"][:, :1].long()
+
+    def fuse(self, tokens, used):
+        return self.table(tokens[:, 0], used)
+
+
+class _Identity:
+    reads_missing = True
+
+    def recover(self, batch):
+        return batch
+
+
+def test_tuning_picks_the_validation_best_per_count_and_never_reads_other_labels(monkeypatch):
+    table = Table()
+    labels = table.logits[:, -1].argmax(1)  # the complete-data prediction is always right
+    val = _Data(labels)
+    net = _TableBackbone(table)
+    tuned = tune_threshold(net, table.cal, _Identity(), val, scenarios=["random:0.5"], seeds=[0], batch_size=16)
+    correct = np.array(tuned.correct)
+    assert len(tuned.thresholds) == M and sum(tuned.counts) > 0
+    for k in range(M):
+        if tuned.counts[k]:
+            j = tuned.grid.index(tuned.thresholds[k])
+            assert correct[k, j] == correct[k].max()
+            # ties go to the larger tau
+            assert all(correct[k, i] < correct[k, j] for i in range(len(tuned.grid)) if tuned.grid[i] > tuned.grid[j])
+    # the validation counts are what the selection with that tau gives (recomputed independently)
+    from dymo.evaluation.pipeline import scenario_mask
+    from dymo.selection.acceptance import SEED_OFFSET
+
+    obs = scenario_mask("random:0.5", B, val.modalities, SEED_OFFSET)
+    k_obs = obs.sum(1)
+    for j, tau in enumerate(tuned.grid):
+        pred = select(table, obs, ~obs, table.cal, SelectionConfig(threshold=tau)).predictions
+        ok = (pred == labels) & (k_obs < M)
+        assert [int(ok[k_obs == k].sum()) for k in range(M)] == correct[:, j].tolist()
+    assert val.batches == math.ceil(B / 16)  # one pass over the validation data, nothing else
+
+
+def test_tuning_refuses_bad_inputs():
+    table = Table()
+    val = _Data(torch.zeros(B, dtype=torch.long))
+    net = _TableBackbone(table)
+    with pytest.raises(ConfigError, match="no acceptance rule"):
+        tune_threshold(net, table.cal, _Identity(), val, method="fuse-all")
+    with pytest.raises(ConfigError, match="grid"):
+        tune_threshold(net, table.cal, _Identity(), val, grid=[])
