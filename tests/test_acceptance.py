@@ -239,3 +239,64 @@ def test_tuning_refuses_bad_inputs():
         tune_threshold(net, table.cal, _Identity(), val, method="fuse-all")
     with pytest.raises(ConfigError, match="grid"):
         tune_threshold(net, table.cal, _Identity(), val, grid=[])
+
+
+def test_cli_calibrate_tunes_on_validation_only_and_the_bundle_keeps_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import dymo.data.registry
+    from dymo.cli.main import app
+    from dymo.data.synthetic import make_synthetic_splits
+    from dymo.inference import DyMoClassifier
+    from dymo.models import BackboneConfig
+    from dymo.recovery.registry import get_recoverer
+    from dymo.training import TrainConfig, train_backbone
+
+    torch.set_num_threads(1)
+    data = make_synthetic_splits(120, 30, 40, kinds=("image", "image", "vector"))
+    root = tmp_path / "data"
+    data.save(root)
+    bb = BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8, encoder_options={"image_channels": [4, 8, 16]})
+    run = train_backbone(data, tmp_path / "run", bb, TrainConfig(epochs=1, batch_size=32, proto_start_epoch=1), progress=False, evaluate_test=False)
+    rec_dir = tmp_path / "rec"
+    get_recoverer("retrieval", epochs=1, width=4, hidden=16, embed_dim=8).fit(data["train"], progress=False).save(rec_dir)
+
+    opened = dymo.data.registry.open_dataset
+    splits_read = []
+
+    class Spy:
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __getitem__(self, split):
+            splits_read.append(split)
+            return self.ds[split]
+
+        def __getattr__(self, name):
+            return getattr(self.ds, name)
+
+    monkeypatch.setattr(dymo.data.registry, "open_dataset", lambda *a, **k: Spy(opened(*a, **k)))
+    runner = CliRunner()
+    res = runner.invoke(app, ["calibrate", str(run), "--data", str(root), "--tune-threshold", "--recovery", str(rec_dir),
+                              "--tune-missing", "random:0.5", "--tune-seeds", "0,1"])
+    assert res.exit_code == 0, res.output
+    assert "test" not in splits_read and "val" in splits_read
+    cal = Calibration.load(run / "calibration.safetensors")
+    tuned = cal.threshold
+    assert len(tuned.thresholds) == 3 and tuned.n_val == 30 and tuned.seeds == [0, 1] and tuned.recoverer == str(rec_dir)
+    assert sum(tuned.counts) <= 2 * 30 and sum(tuned.counts) > 0
+    for k, row in enumerate(tuned.correct):
+        if tuned.counts[k]:
+            assert row[tuned.grid.index(tuned.thresholds[k])] == max(row)
+    res = runner.invoke(app, ["bundle", str(run), "--recovery", str(rec_dir), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    assert DyMoClassifier.from_pretrained(tmp_path / "b").calibration.threshold.thresholds == tuned.thresholds
+    # retune with the statistics kept; misuse is one clear error line
+    before = cal.prototypes.clone()
+    res = runner.invoke(app, ["calibrate", str(run), "--data", str(root), "--tune-threshold", "--recovery", str(rec_dir), "--reuse-statistics",
+                              "--tune-missing", "random:0.3", "--tune-seeds", "0"])
+    assert res.exit_code == 0, res.output
+    again = Calibration.load(run / "calibration.safetensors")
+    assert torch.equal(again.prototypes, before) and again.threshold.scenarios == ["random:0.3"]
+    res = runner.invoke(app, ["calibrate", str(run), "--data", str(root), "--tune-threshold"])
+    assert res.exit_code == 2 and "needs --recovery" in res.output

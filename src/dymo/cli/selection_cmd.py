@@ -20,21 +20,70 @@ def calibrate_cmd(
     data: str | None = typer.Option(None, help="Dataset (default: the one the run was trained on)."),
     max_samples: int | None = typer.Option(None, help="Use only the first N training samples (default: all)."),
     batch_size: int = typer.Option(512),
+    tune_threshold: bool = typer.Option(
+        False, help="Also tune the acceptance threshold tau (per number of observed modalities) on the VALIDATION split with --recovery, and store it with the calibration."
+    ),
+    recovery: Path | None = typer.Option(None, help="Recovery run folder whose recoveries the threshold is tuned for (with --tune-threshold)."),
+    tune_missing: str = typer.Option("random:0.4,random:0.6,random:0.8", help="Simulated missing scenarios on validation (with --tune-threshold)."),
+    tune_seeds: str = typer.Option("0,1", help="Mask seeds per scenario (with --tune-threshold)."),
+    max_val_samples: int | None = typer.Option(None, help="Tune on the first N validation samples (default: all)."),
+    reuse_statistics: bool = typer.Option(False, help="Keep the run's existing calibration statistics; only (re)tune the threshold."),
 ) -> None:
-    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the complete training set."""
+    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the complete
+    training set; with --tune-threshold also the acceptance rule, tuned on validation data."""
     from dymo.data.registry import open_dataset
-    from dymo.selection.calibration import compute_calibration
+    from dymo.errors import ConfigError
+    from dymo.selection.calibration import Calibration, compute_calibration
     from dymo.training.run import load_backbone
     from dymo.utils.io import read_json
 
+    if tune_threshold and recovery is None:
+        raise ConfigError("--tune-threshold needs --recovery (the recoverer the threshold is tuned for)")
+    if recovery is not None and not tune_threshold:
+        raise ConfigError("--recovery is only used with --tune-threshold")
+    if reuse_statistics and not tune_threshold:
+        raise ConfigError("--reuse-statistics only makes sense with --tune-threshold")
     backbone = load_backbone(run)
     ref = data or read_json(run / "config.json")["data"]["name"]
-    train = open_dataset(ref)["train"]
-    if max_samples is not None and max_samples < len(train):
-        train = train.subset(range(max_samples))
-    cal = compute_calibration(backbone, train, batch_size=batch_size, progress=True)
+    ds = open_dataset(ref)
+    if reuse_statistics:
+        cal = Calibration.load(run / CALIBRATION_FILE)
+    else:
+        train = ds["train"]
+        if max_samples is not None and max_samples < len(train):
+            train = train.subset(range(max_samples))
+        cal = compute_calibration(backbone, train, batch_size=batch_size, progress=True)
+        console.print(f"calibration statistics from {len(train)} training samples")
+    if tune_threshold:
+        from dymo.recovery.registry import load_recoverer
+        from dymo.selection.acceptance import tune_threshold as tune
+
+        val = ds["val"]
+        if max_val_samples is not None and max_val_samples < len(val):
+            val = val.subset(range(max_val_samples))
+        seeds = [int(s) for s in tune_seeds.split(",") if s.strip()]
+        scenarios = [s.strip() for s in tune_missing.split(",") if s.strip()]
+        rec = load_recoverer(recovery, train=ds["train"])
+        cal.threshold = None
+        cal.threshold = tune(backbone, cal, rec, val, scenarios=scenarios, seeds=seeds, recoverer_name=str(recovery))
+        _print_tuning(cal.threshold)
     cal.save(run / CALIBRATION_FILE)
-    console.print(f"[green]calibrated[/] on {len(train)} training samples -> {run / CALIBRATION_FILE}")
+    console.print(f"[green]calibrated[/] -> {run / CALIBRATION_FILE}")
+
+
+def _print_tuning(tuned) -> None:  # noqa: ANN001 - ThresholdTuning
+    table = Table(title=f"acceptance threshold, validation accuracy (%) ({tuned.n_val} samples x {len(tuned.scenarios)} scenarios x {len(tuned.seeds)} seeds)")
+    table.add_column("observed")
+    table.add_column("n")
+    rows = tuned.accuracy_table()
+    names = list(rows[0]["accuracy"]) if rows else []
+    for name in names:
+        table.add_column(f"tau {name}")
+    table.add_column("chosen tau")
+    for r in rows:
+        cells = ["-" if r["accuracy"][k] is None else f"{100 * r['accuracy'][k]:.2f}" for k in names]
+        table.add_row(str(r["observed"]), str(r["n"]), *cells, f"{r['tau']:g}")
+    console.print(table)
 
 
 @app.command("evaluate")
@@ -179,5 +228,11 @@ def bundle_cmd(
     from dymo.selection.selector import SelectionConfig
 
     clf = DyMoClassifier.from_run(run, recovery, SelectionConfig(method=method))  # type: ignore[arg-type]
+    tuned = clf.calibration.threshold
+    if tuned is not None and Path(tuned.recoverer).resolve() != recovery.resolve():
+        console.print(
+            f"[yellow]warning:[/] the calibration's acceptance threshold was tuned for {tuned.recoverer}, not {recovery}; "
+            f"rerun `dymo calibrate {run} --tune-threshold --recovery {recovery} --reuse-statistics`"
+        )
     clf.save_pretrained(out)
     console.print(f"[green]bundle[/] written to {out}")
