@@ -80,7 +80,7 @@ DEFAULT_METHODS = (
 )
 SWEEP_SCENARIO = "random:0.6"
 SWEEP_LEVELS = (0.0, 0.25, 0.5, 0.75)
-SWEEP_METHODS = ("discard", "fuse-all", "dymo")
+SWEEP_METHODS = ("discard", "fuse-all", "dymo-paper", "dymo")
 CELL_FORMAT = 1
 RECOVERY_KINDS = ("retrieval", "mean", "knn", "iterative", "mopoe", "mmvae-plus", "cmvae", "oracle")
 
