@@ -300,3 +300,30 @@ def test_cli_calibrate_tunes_on_validation_only_and_the_bundle_keeps_it(tmp_path
     assert torch.equal(again.prototypes, before) and again.threshold.scenarios == ["random:0.3"]
     res = runner.invoke(app, ["calibrate", str(run), "--data", str(root), "--tune-threshold"])
     assert res.exit_code == 2 and "needs --recovery" in res.output
+
+
+def test_benchmark_tunes_dymo_on_validation_and_keeps_the_paper_rule(tmp_path):
+    import pandas as pd
+
+    from dymo.data.synthetic import make_synthetic_splits
+    from dymo.evaluation.benchmark import BenchmarkConfig, run_benchmark
+
+    torch.set_num_threads(1)
+    data = make_synthetic_splits(80, 32, 40, kinds=("vector", "vector", "vector"), seed=0, signal=[1.0, 0.6, 0.3])
+    bb = {"dim": 16, "heads": 2, "depth": 1, "proj_dim": 8, "encoder_options": {"vector_hidden": 16}}
+    cfg = BenchmarkConfig.from_dict(dict(
+        methods=["dymo", "dymo-paper", "discard", "fuse-all"], missing=["random:0.6"], seeds=[0, 1], recovery=["mean"],
+        epochs=1, batch_size=16, backbone=bb, train={"batch_size": 32, "proto_start_epoch": 0},
+    ))
+    run_benchmark(data, cfg, tmp_path, progress=False)
+    from dymo.utils.io import read_json
+
+    tuned = ThresholdTuning.from_dict(read_json(tmp_path / "models" / "threshold-cosine-mean.json"))
+    assert tuned.n_val == 32 and tuned.recoverer == "mean" and len(tuned.thresholds) == 3
+    for k, row in enumerate(tuned.correct):
+        if tuned.counts[k]:
+            assert row[tuned.grid.index(tuned.thresholds[k])] == max(row)
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert {"dymo", "dymo-paper", "discard", "fuse-all"} <= set(df["method"])
+    assert df["ece"].between(0, 1).all()
+    assert "dymo-paper" in (tmp_path / "ablation.md").read_text()

@@ -192,8 +192,8 @@ def test_html_is_self_contained(first_run):
 def test_quality_sweep(first_run):
     out = first_run[0]
     sweep = pd.read_csv(out / "quality_sweep.csv")
-    assert set(sweep["method"]) == {"discard", "fuse-all", "dymo"}
-    assert len(sweep) == 3 * 2 * 4 * len(SEEDS)
+    assert set(sweep["method"]) == {"discard", "fuse-all", "dymo-paper", "dymo"}
+    assert len(sweep) == 4 * 2 * 4 * len(SEEDS)
     assert sorted(set(sweep["p"])) == [0.0, 0.25, 0.5, 0.75]
     main = pd.read_csv(out / "results.csv").set_index(["method", "scenario", "seed"])
     for seed in SEEDS:
