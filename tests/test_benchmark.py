@@ -140,8 +140,8 @@ def test_outputs_exist_with_one_row_per_cell(first_run):
     assert set(df[df["method"].isin(["discard", "moddrop", "oracle-complete"])]["recoverer"]) == {"none"}
     assert set(df[df["method"].isin(["dymo", "concat", "oracle-selection"])]["recoverer"]) == {"mean"}
     assert df["accuracy"].between(0, 1).all()
-    # + the sweep: fuse-all and dymo at 7 recovery qualities (discard at random:0.6 is a main cell)
-    assert result.computed == len(df) + len(SEEDS) * 2 * 7
+    # + the sweep: fuse-all, dymo-paper and dymo at 7 recovery qualities (discard at random:0.6 is a main cell)
+    assert result.computed == len(df) + len(SEEDS) * 3 * 7
 
 
 def test_methods_behave_as_defined(first_run):
