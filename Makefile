@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch is pinned first so that pip never pulls a CUDA build here.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint install install-dev clean test-multivae
+.PHONY: demo test test-numerics lint install install-dev clean test-multivae
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,8 +27,20 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/dymo demo
 
+# The suite, then the floating-point sensitive tests again under other MKL code paths: a CPU
+# of another vendor or generation takes other kernels, and the tests must not depend on them
+# (docs/selection.md, "Numerical tests"). Both runs must pass.
+MKL_PATHS ?= COMPATIBLE SSE4_2
+
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(MAKE) --no-print-directory test-numerics
+
+test-numerics: $(VENV)/.installed-dev
+	@for path in $(MKL_PATHS); do \
+	  echo "== numerics tests under MKL_CBWR=$$path"; \
+	  MKL_CBWR=$$path $(BIN)/python -m pytest -q -p no:cacheprovider -m numerics || exit 1; \
+	done
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples

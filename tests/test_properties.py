@@ -31,6 +31,9 @@ from dymo.selection import (
 )
 from dymo.utils.subsets import all_subsets
 
+# Floating-point sensitive: also run under other MKL code paths (Makefile: test-numerics).
+pytestmark = pytest.mark.numerics
+
 KINDS = ("image", "vector", "text")
 M = len(KINDS)
 POOL = 40  # test samples to draw from

@@ -15,6 +15,9 @@ from dymo.models.backbone import FusionOutput
 from dymo.selection import Calibration, compute_calibration
 from dymo.utils.io import save_tensors
 
+# Floating-point sensitive: also run under other MKL code paths (Makefile: test-numerics).
+pytestmark = pytest.mark.numerics
+
 M, F, D, C = 3, 4, 5, 3
 
 

@@ -8,6 +8,9 @@ from scipy.stats import norm
 
 from dymo.selection.reward import gain, ics, quality, reward
 
+# Floating-point sensitive: also run under other MKL code paths (Makefile: test-numerics).
+pytestmark = pytest.mark.numerics
+
 
 def test_quality_cosine_and_euclidean_by_hand():
     z = torch.tensor([[1.0, 0.0]])

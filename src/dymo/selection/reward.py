@@ -92,3 +92,50 @@ def reward(
     else:
         g = gain(ics_before, ics_after, metric)
     return quality_after * g - quality_before, g
+
+
+# Absolute float32 error of ICS = 2 (1 - Phi): Phi lies in [0.5, 1], where one unit in the last
+# place is 2**-24 (erf) or 2**-23 (1 + erf); 1 - Phi and the factor 2 are exact. Four units of
+# 2**-23 also cover the libm erf's own error and the rounding of its argument d / sigma.
+ICS_ROUNDING = 4 * 2.0**-23
+
+
+def reward_rounding_bound(
+    quality_after: torch.Tensor,
+    gain_factor: torch.Tensor,
+    ics_before: torch.Tensor,
+    ics_after: torch.Tensor,
+    metric: str,
+    floor: float = 1e-5,
+) -> torch.Tensor:
+    """How far a float32 reward can move when its inputs are rounded differently.
+
+    Two correct float32 evaluations of the same reward (another CPU's kernels, another batch
+    shape or thread count) may differ in the last bits of ``z``, the quality and the ICS. The
+    quality is well conditioned (``floor`` covers it: the float32 dot products of a
+    ``D <= 64``-dimensional unit feature with prototypes, divided by ``T = 0.1``, move a softmax
+    probability by at most about 1e-5). The ICS factor is not: ``p = 2 (1 - Phi)`` loses its
+    relative precision as ``p -> 0`` (``1 - Phi`` cancels), and ``G = log p_b / log p_u``
+    divides by ``log p_u``, which is 0 at ``p_u = 1``. To first order the reward moves by
+
+        q_u * dp / |log p_u| * (1 / p_b + G / p_u)     (cosine, G = log p_b / log p_u)
+        q_u * dp / p_b * (1 + G)                       (Euclidean, G = p_u / p_b)
+
+    with ``dp = ICS_ROUNDING``, wherever ``G`` is (or could be, within ``dp``) below 1. Where
+    the ICS underflows to 0 the bound is infinite: float32 does not determine that reward
+    beyond its sign pattern, and only the decisions should be compared there.
+    Returns the bound, same shape as the inputs (float64).
+    """
+    _check_metric(metric)
+    q, g = quality_after.double(), gain_factor.double()
+    pb, pu = ics_before.double(), ics_after.double() + 1e-9
+    dp = ICS_ROUNDING
+    if metric == "cosine":
+        # dG = dp / |log p_u| * (1 / p_b + G / p_u)
+        dg = dp / torch.log(pu).abs() * (1 / pb + g.abs() / pu)
+    else:
+        # G = p_u / (p_b + 1e-9): dG = dp / (p_b + 1e-9) * (1 + G)
+        dg = dp / (pb + 1e-9) * (1 + g.abs())
+    ratio_branch = ics_after.double() < ics_before.double() + 2 * dp
+    spread = torch.where(ratio_branch, q.abs() * torch.nan_to_num(dg, nan=math.inf), torch.zeros_like(q))
+    return spread + floor

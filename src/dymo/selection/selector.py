@@ -427,9 +427,10 @@ def _search(
         stop_reason[i] = "no candidates"
         active[i] = False
 
-    cur_logits: torch.Tensor | None = None  # state of each sample's current mask
-    cur_q = torch.full((b,), nan, device=device)
-    cur_p = torch.full((b,), nan, device=device)
+    # State of each sample's current mask, created at the first fuse so that its dtype follows
+    # the backbone's output (float32, float64, bfloat16, ...).
+    cur_logits: torch.Tensor | None = None
+    cur_q = cur_p = torch.empty(0)
     hist: dict[str, list[torch.Tensor]] = {k: [] for k in ("action", "reward", "cq", "cp", "gain", "q", "p")}
     final_refuse = torch.zeros(b, dtype=torch.bool, device=device)
 
@@ -454,6 +455,8 @@ def _search(
         logits, _, q, p = evaluator(idx, torch.cat([used[before_b], rows_used]))
         if cur_logits is None:
             cur_logits = torch.full((b, logits.shape[1]), nan, dtype=logits.dtype, device=device)
+            cur_q = torch.full((b,), nan, dtype=q.dtype, device=device)
+            cur_p = torch.full((b,), nan, dtype=p.dtype, device=device)
         nb = len(before_b)
         if nb:
             cur_logits[before_b], cur_q[before_b], cur_p[before_b] = logits[:nb], q[:nb], p[:nb]
