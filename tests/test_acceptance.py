@@ -327,3 +327,29 @@ def test_benchmark_tunes_dymo_on_validation_and_keeps_the_paper_rule(tmp_path):
     assert {"dymo", "dymo-paper", "discard", "fuse-all"} <= set(df["method"])
     assert df["ece"].between(0, 1).all()
     assert "dymo-paper" in (tmp_path / "ablation.md").read_text()
+
+
+def test_added_temperature_softens_only_samples_that_added_a_recovery():
+    from dymo.selection.acceptance import added_probabilities, pick_temperature
+
+    table, obs = Table(), observed_mask()
+    tuned = _tuning([0.0] * M)
+    tuned.added_temperature = 3.0
+    table.cal.threshold = tuned
+    res = run(table, obs, threshold=0.0)  # "calibrated" temperature 3
+    plain = run(table, obs, threshold=0.0, added_temperature=1.0)
+    added = res.steps > 0
+    assert bool(added.any()) and bool((~added).any())
+    assert torch.equal(res.predictions, plain.predictions) and torch.equal(res.logits, plain.logits)
+    assert torch.equal(res.probabilities[~added], plain.probabilities[~added])
+    assert bool((res.probabilities[added].max(1).values < plain.probabilities[added].max(1).values).all())
+    torch.testing.assert_close(res.probabilities[added], torch.softmax(plain.logits[added] / 3.0, -1))
+    # an overconfident model (logits x 5 of calibrated ones) gets a temperature near 5 back
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 10, generator=g)
+    labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1)
+    assert pick_temperature(5 * logits, labels) == 5.0 and pick_temperature(logits, labels) == 1.0
+    assert added_probabilities(logits, torch.zeros(4000, dtype=torch.bool), 4.0, None).equal(torch.softmax(logits, -1))
+    with pytest.raises(ConfigError, match="added_temperature"):
+        SelectionConfig(added_temperature=0.0)
+    assert ThresholdTuning.from_json(tuned.to_json()).added_temperature == 3.0

@@ -327,7 +327,7 @@ class Models:
         self._calibrations: dict[str, Calibration] = {}
         self._recoverers: dict[str, Recoverer] = {}
         self._baselines: dict[str, Any] = {}
-        self._thresholds: dict[str, list[float]] = {}
+        self._thresholds: dict[str, Any] = {}
         self.info: dict[str, str] = {}
 
     # where things come from (recorded in benchmark.json; a rerun must agree)
@@ -437,7 +437,7 @@ class Models:
         self._recoverers[label] = rec
         return rec
 
-    def threshold(self, metric: str, label: str) -> list[float]:
+    def threshold(self, metric: str, label: str) -> Any:
         """DyMo's acceptance thresholds for this backbone and recoverer, tuned on the (scaled)
         validation split under simulated missingness; cached in ``threshold-<metric>-<label>.json``."""
         from dymo.selection.acceptance import ThresholdTuning, tune_threshold
@@ -457,15 +457,19 @@ class Models:
                 self.backbone(metric), self.calibration(metric), rec, val, batch_size=self.config.batch_size, recoverer_name=label
             )
             write_json(path, tuned.to_dict())
-        self.info[key] = f"tau per number observed {tuned.thresholds} (tuned on validation, {path.name})"
-        self._thresholds[key] = tuned.thresholds
-        return tuned.thresholds
+        self.info[key] = (
+            f"tau per number observed {tuned.thresholds}, temperature {tuned.added_temperature:g} for samples that added a "
+            f"recovery (tuned on validation, {path.name})"
+        )
+        self._thresholds[key] = tuned
+        return tuned
 
     def selection_config(self, base: str, metric: str, label: str) -> SelectionConfig:
         """``dymo``: the tuned acceptance rule; ``dymo-paper`` and the ablation variants: tau 0."""
         if base == "dymo" and label != NO_RECOVERY:
-            return SelectionConfig(method="dymo", threshold=self.threshold(metric, label))
-        return SelectionConfig(method="dymo" if base == "dymo-paper" else base, threshold=0.0)  # type: ignore[arg-type]
+            tuned = self.threshold(metric, label)
+            return SelectionConfig(method="dymo", threshold=tuned.thresholds, added_temperature=tuned.added_temperature)
+        return SelectionConfig(method="dymo" if base == "dymo-paper" else base, threshold=0.0, added_temperature=1.0)  # type: ignore[arg-type]
 
     def oracle(self) -> Recoverer:
         if "__oracle__" not in self._recoverers:

@@ -60,12 +60,15 @@ class ThresholdTuning:
     recoverer: str = ""
     correct: list[list[int]] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    #: Temperature for the probabilities of samples that added a recovery (validation NLL).
+    added_temperature: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "thresholds": [float(t) for t in self.thresholds], "method": self.method,
             "grid": [float(t) for t in self.grid], "scenarios": list(self.scenarios), "seeds": list(self.seeds),
             "n_val": self.n_val, "recoverer": self.recoverer, "correct": self.correct, "counts": self.counts,
+            "added_temperature": float(self.added_temperature),
         }
 
     @classmethod
@@ -146,6 +149,28 @@ def sample_thresholds(threshold: float | list[float] | str, tuned: ThresholdTuni
     return taus[initial_used.sum(1)]
 
 
+#: Candidate temperatures for the probabilities of samples that added a recovery.
+TEMPERATURE_GRID: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+
+
+def added_probabilities(logits: torch.Tensor, added: torch.Tensor, temperature: float | str, tuned: ThresholdTuning | None) -> torch.Tensor:
+    """softmax(logits), with logits / T for the samples that ``added`` a recovery (T from
+    ``temperature``, or the tuned one for ``"calibrated"``, else 1). The argmax never changes."""
+    t = (tuned.added_temperature if tuned is not None else 1.0) if temperature == "calibrated" else float(temperature)
+    if t == 1.0 or not bool(added.any()):
+        return torch.softmax(logits, dim=-1)
+    scale = torch.where(added.to(logits.device), torch.full((), t, dtype=logits.dtype, device=logits.device), torch.ones((), dtype=logits.dtype, device=logits.device))
+    return torch.softmax(logits / scale.unsqueeze(1), dim=-1)
+
+
+def pick_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: Sequence[float] = TEMPERATURE_GRID) -> float:
+    """The grid temperature with the lowest mean NLL (ties: the smallest; 1 when no sample)."""
+    if len(labels) == 0:
+        return 1.0
+    nll = [float(torch.nn.functional.cross_entropy(logits.double() / t, labels)) for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
 def pick_thresholds(correct: np.ndarray, grid: Sequence[float]) -> list[float]:
     """Per row k of ``correct [K, G]``: the grid value with the most correct predictions, ties
     going to the larger tau (so +inf, discard, wins a tie)."""
@@ -200,6 +225,7 @@ def tune_threshold(
     m = len(mods)
     correct = np.zeros((m, len(grid)), dtype=np.int64)
     counts = np.zeros(m, dtype=np.int64)
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (k_obs, labels, logits [G,B,C], added [G,B])
     device = next(backbone.parameters()).device
     for scenario in scenarios:
         for seed in seeds:
@@ -214,6 +240,7 @@ def tune_threshold(
                 labels = full.labels.numpy()
                 keep = k_obs < m  # complete samples have no candidate: tau does not matter
                 np.add.at(counts, k_obs[keep], 1)
+                logits_j, added_j = [], []
                 for j, tau in enumerate(grid):
                     res = select_with_backbone(
                         backbone, tokens, hidden.observed, ~hidden.observed, calibration,
@@ -221,6 +248,9 @@ def tune_threshold(
                     )
                     ok = (res.predictions.numpy() == labels) & keep
                     np.add.at(correct[:, j], k_obs[ok], 1)
+                    logits_j.append(res.logits.float())
+                    added_j.append(res.steps > 0)
+                kept.append((torch.as_tensor(k_obs), full.labels, torch.stack(logits_j), torch.stack(added_j)))
                 if on_batch is not None:
                     on_batch(len(idx))
     taus = pick_thresholds(correct, grid)
@@ -228,7 +258,17 @@ def tune_threshold(
         if counts[k] == 0:
             taus[k] = 0.0  # never seen on validation: keep the paper's rule
             log.warning("tune_threshold: no validation sample with %d observed modalities; tau[%d] = 0 (paper's rule)", k, k)
+    # The tuned rule's samples that added a recovery: their temperature, by validation NLL.
+    col = {k: grid.index(taus[k]) for k in range(m)}
+    sel_logits, sel_labels = [], []
+    for k_obs_b, labels_b, logits_b, added_b in kept:
+        j = torch.tensor([col.get(int(k), 0) for k in k_obs_b.tolist()], dtype=torch.long)
+        rows = torch.arange(len(j))
+        add = added_b[j, rows] & (k_obs_b < m)
+        sel_logits.append(logits_b[j, rows][add])
+        sel_labels.append(labels_b[add])
+    temperature = pick_temperature(torch.cat(sel_logits), torch.cat(sel_labels)) if kept else 1.0
     return ThresholdTuning(
         thresholds=taus, method=method, grid=grid, scenarios=list(scenarios), seeds=[int(s) for s in seeds],
-        n_val=n, recoverer=recoverer_name, correct=correct.tolist(), counts=counts.tolist(),
+        n_val=n, recoverer=recoverer_name, correct=correct.tolist(), counts=counts.tolist(), added_temperature=temperature,
     )

@@ -24,7 +24,7 @@ import torch
 
 from dymo.config import Config
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.selection.acceptance import check_threshold_value, sample_thresholds
+from dymo.selection.acceptance import added_probabilities, check_threshold_value, sample_thresholds
 from dymo.selection.calibration import Calibration
 from dymo.selection.reward import ics, quality, reward
 from dymo.utils.io import atomic_write
@@ -61,9 +61,15 @@ class SelectionConfig(Config):
     max_added: int | None = None
     costs: list[float] | None = None
     threshold: float | list[float] | Literal["calibrated"] = "calibrated"
+    # Temperature of the reported probabilities of samples that added a recovery (logits / T;
+    # the prediction is unchanged): "calibrated" = the one tuned with the threshold, else 1.
+    added_temperature: float | Literal["calibrated"] = "calibrated"
 
     def validate(self) -> None:
         check_threshold_value(self.threshold)
+        t = self.added_temperature
+        if t != "calibrated" and not (isinstance(t, float) and math.isfinite(t) and t > 0):
+            raise ConfigError(f"SelectionConfig.added_temperature must be a positive number or 'calibrated', got {t!r}")
         if self.max_added is not None and self.max_added < 0:
             raise ConfigError(f"SelectionConfig: max_added must be >= 0, got {self.max_added}")
         if self.costs is not None:
@@ -567,7 +573,7 @@ def _search(
         candidates=candidates.cpu(),
         used=used.cpu(),
         logits=cur_logits,
-        probabilities=torch.softmax(cur_logits, dim=-1),
+        probabilities=added_probabilities(cur_logits, steps.cpu() > 0, config.added_temperature, cal.threshold),
         steps=steps.cpu(),
         rejected=rejected.cpu(),
         stop_reason=stop_reason,
