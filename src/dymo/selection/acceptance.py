@@ -257,7 +257,7 @@ def tune_threshold(
     for k in range(m):
         if counts[k] == 0:
             taus[k] = 0.0  # never seen on validation: keep the paper's rule
-            log.warning("tune_threshold: no validation sample with %d observed modalities; tau[%d] = 0 (paper's rule)", k, k)
+            log.info("tune_threshold: no validation sample with %d observed modalities; tau[%d] = 0 (paper's rule)", k, k)
     # The tuned rule's samples that added a recovery: their temperature, by validation NLL.
     col = {k: grid.index(taus[k]) for k in range(m)}
     sel_logits, sel_labels = [], []
