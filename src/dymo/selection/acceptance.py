@@ -9,11 +9,12 @@ the calibration statistics (:class:`ThresholdTuning`), so a bundle applies it wi
   observed still takes its forced first addition);
 - tau = -inf: every recovery is accepted (fuse-all's final mask).
 
-Tuning is separable: samples with k observed modalities only see tau[k], so each tau[k] is the
-grid value with the most correct validation predictions among those samples (pooled over the
-scenarios and mask seeds). Ties go to the larger tau, so when recoveries do not help on
-validation the rule falls back to discard (tau = inf). Labels are used here, on validation
-data only; the selection itself never sees them.
+Tuning (pooled over the scenarios and mask seeds): a global tau is the grid value with the most
+correct validation predictions; samples with k observed modalities only see tau[k], and get their
+own best value instead only when it is significantly better on them (more than 2 standard
+errors of a paired comparison; :func:`pick_thresholds_pooled`). Ties go to the larger tau, so
+when recoveries do not help on validation the rule falls back to discard (tau = inf). Labels are
+used here, on validation data only; the selection itself never sees them.
 """
 
 from __future__ import annotations
@@ -171,6 +172,45 @@ def pick_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: Sequence[
     return float(grid[int(np.argmin(nll))])
 
 
+#: A number of observed modalities departs from the global tau only when its own best tau is
+#: more than Z_DEPART standard errors better on validation (sqrt of the discordant samples).
+Z_DEPART = 2.0
+
+
+def _best(scores: np.ndarray, grid: Sequence[float]) -> int:
+    """Index of the highest score, ties going to the larger tau."""
+    order = sorted(range(len(grid)), key=lambda j: -grid[j])
+    best = order[0]
+    for j in order[1:]:
+        if scores[j] > scores[best]:
+            best = j
+    return best
+
+
+def pick_thresholds_pooled(ok: np.ndarray, k_obs: np.ndarray, grid: Sequence[float], num_modalities: int, z: float = Z_DEPART) -> tuple[list[float], float]:
+    """tau per number of observed modalities from per-sample correctness ``ok [G, N]``.
+
+    The global tau is the grid value with the most correct validation predictions over all
+    samples (ties: the larger tau). Samples with k observed modalities get their own best tau
+    instead only if it beats the global one by more than ``z`` standard errors, i.e. by more
+    than ``z * sqrt(d)`` samples, d = samples the two taus disagree on (a paired, McNemar-style
+    test); on a small validation set single-sample differences are noise. Returns
+    ``(taus, global_tau)``."""
+    g = _best(ok.sum(1), grid)
+    taus = []
+    for k in range(num_modalities):
+        sel = k_obs == k
+        if not sel.any():
+            taus.append(float(grid[g]))
+            continue
+        sub = ok[:, sel]
+        j = _best(sub.sum(1), grid)
+        gain = int(sub[j].sum()) - int(sub[g].sum())
+        disagree = int((sub[j] != sub[g]).sum())
+        taus.append(float(grid[j]) if gain > z * math.sqrt(disagree) else float(grid[g]))
+    return taus, float(grid[g])
+
+
 def pick_thresholds(correct: np.ndarray, grid: Sequence[float]) -> list[float]:
     """Per row k of ``correct [K, G]``: the grid value with the most correct predictions, ties
     going to the larger tau (so +inf, discard, wins a tie)."""
@@ -226,6 +266,7 @@ def tune_threshold(
     correct = np.zeros((m, len(grid)), dtype=np.int64)
     counts = np.zeros(m, dtype=np.int64)
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (k_obs, labels, logits [G,B,C], added [G,B])
+    per_sample: list[tuple[np.ndarray, np.ndarray]] = []  # (correct [G, B'], k_obs [B']) of samples with a candidate
     device = next(backbone.parameters()).device
     for scenario in scenarios:
         for seed in seeds:
@@ -240,7 +281,7 @@ def tune_threshold(
                 labels = full.labels.numpy()
                 keep = k_obs < m  # complete samples have no candidate: tau does not matter
                 np.add.at(counts, k_obs[keep], 1)
-                logits_j, added_j = [], []
+                logits_j, added_j, ok_j = [], [], []
                 for j, tau in enumerate(grid):
                     res = select_with_backbone(
                         backbone, tokens, hidden.observed, ~hidden.observed, calibration,
@@ -249,11 +290,15 @@ def tune_threshold(
                     ok = (res.predictions.numpy() == labels) & keep
                     np.add.at(correct[:, j], k_obs[ok], 1)
                     logits_j.append(res.logits.float())
+                    ok_j.append(ok[keep])
                     added_j.append(res.steps > 0)
                 kept.append((torch.as_tensor(k_obs), full.labels, torch.stack(logits_j), torch.stack(added_j)))
+                per_sample.append((np.stack(ok_j), k_obs[keep]))
                 if on_batch is not None:
                     on_batch(len(idx))
-    taus = pick_thresholds(correct, grid)
+    ok_all = np.concatenate([o for o, _ in per_sample], axis=1)
+    k_all = np.concatenate([k for _, k in per_sample])
+    taus, _ = pick_thresholds_pooled(ok_all, k_all, grid, m)
     for k in range(m):
         if counts[k] == 0:
             taus[k] = 0.0  # never seen on validation: keep the paper's rule
