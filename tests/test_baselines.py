@@ -20,7 +20,7 @@ from dymo.baselines import (
     get_baseline,
     load_baseline,
 )
-from dymo.baselines.dymo_backbone import DiscardBaseline, ImputeAllBaseline
+from dymo.baselines.dymo_backbone import DiscardBaseline, FuseAllBaseline
 from dymo.baselines.oracles import OracleSelectionBaseline
 from dymo.data.synthetic import make_synthetic_splits
 from dymo.errors import BundleError, ConfigError, DataError
@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore", module="lightning")
 BACKBONE = {"dim": 16, "heads": 2, "depth": 1, "proj_dim": 8, "encoder_options": {"vector_hidden": 16, "image_channels": [4, 8, 16]}}
 ENCODER = {"dim": 16, "hidden": 16, "encoder_options": {"vector_hidden": 16, "image_channels": [4, 8, 16]}}
 FIT = {"epochs": 4, "batch_size": 32, "eval_batch_size": 64}
-DYMO_BACKBONE = {"discard", "impute-all", "oracle-complete", "oracle-selection"}
+DYMO_BACKBONE = {"discard", "fuse-all", "oracle-complete", "oracle-selection"}
 NAMES = list(BASELINES)
 
 
@@ -40,7 +40,7 @@ def tiny(name: str, epochs: int | None = None) -> dict:
     fit = {**FIT, "epochs": epochs or FIT["epochs"]}
     if name in DYMO_BACKBONE:
         return {"backbone": BACKBONE, "train": {"epochs": fit["epochs"], "batch_size": 32, "eval_batch_size": 64}}
-    if name in ("moddrop", "mtl", "dynmm"):
+    if name in ("moddrop", "mtl", "dynmm", "map"):
         return {"backbone": BACKBONE, "train": fit}
     return {"encoder": ENCODER, "train": fit}
 
@@ -93,8 +93,8 @@ def _garbage(batch, seed: int):
 
 def test_registry_names():
     assert set(BASELINES) == {
-        "discard", "moddrop", "mtl", "late-fusion", "unimodal", "impute-all", "concat",
-        "qmf", "dynmm", "oracle-complete", "oracle-selection",
+        "discard", "moddrop", "mtl", "late-fusion", "unimodal", "fuse-all", "concat",
+        "qmf", "dynmm", "pdf", "m3care", "muse", "map", "oracle-complete", "oracle-selection",
     }
     for name in BASELINES:
         cls = baseline_class(name)
@@ -125,7 +125,7 @@ def test_experiment_only_flags():
         assert cls.reads_missing == (name == "oracle-complete")
         assert cls.uses_labels == (name == "oracle-selection")
     recovery = {n for n in BASELINES if baseline_class(n)().uses_recovery}
-    assert recovery == {"impute-all", "concat", "oracle-selection"}
+    assert recovery == {"fuse-all", "concat", "oracle-selection"}
     assert get_baseline("dynmm", inputs="recovered").uses_recovery
 
 
@@ -162,7 +162,7 @@ def mixed_data():
     return make_synthetic_splits(48, 24, 24, kinds=("image", "text", "vector"), seed=3)
 
 
-@pytest.mark.parametrize("name", ["late-fusion", "qmf", "moddrop", "dynmm"])
+@pytest.mark.parametrize("name", ["late-fusion", "qmf", "moddrop", "dynmm", "pdf", "m3care", "muse", "map"])
 def test_missing_slots_never_read_image_and_text(name, mixed_data):
     torch.set_num_threads(1)
     b = get_baseline(name, **tiny(name, epochs=1)).fit(mixed_data, progress=False)
@@ -179,7 +179,7 @@ def test_missing_slots_never_read_image_and_text(name, mixed_data):
 def test_recovery_free_rejects_sample_with_nothing_observed(fitted, incomplete):
     obs = incomplete.observed.clone()
     obs[4] = False
-    for name in ("discard", "moddrop", "late-fusion", "dynmm"):
+    for name in ("discard", "moddrop", "late-fusion", "dynmm", "pdf", "m3care", "muse", "map"):
         with pytest.raises(DataError, match=f"{name}: sample 4 has no observed modality"):
             fitted[name].predict_proba(incomplete.with_observed(obs))
 
@@ -202,7 +202,7 @@ def test_unfitted_baseline_is_an_error(incomplete):
 # -- recovery ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["impute-all", "concat"])
+@pytest.mark.parametrize("name", ["fuse-all", "concat"])
 def test_recovery_based_uses_recovered_or_recoverer(name, fitted, recoverer, incomplete, tmp_path):
     b = fitted[name]
     recovered = recoverer.recover(incomplete.with_missing_filled(float("nan")))
@@ -320,17 +320,17 @@ def test_oracle_complete_reads_the_true_data(fitted, data, incomplete):
         b.predict_proba(incomplete.with_missing_filled(float("nan")))
 
 
-def test_oracle_selection_bounds_discard_and_impute_all(fitted, recoverer, incomplete):
+def test_oracle_selection_bounds_discard_and_fuse_all(fitted, recoverer, incomplete):
     bb = fitted["discard"].backbone
     discard = DiscardBaseline.from_backbone(bb)
-    impute = ImputeAllBaseline.from_backbone(bb, recoverer)
+    impute = FuseAllBaseline.from_backbone(bb, recoverer)
     oracle = OracleSelectionBaseline.from_backbone(bb, recoverer)
     y = incomplete.labels
     p_or = oracle.predict_proba(incomplete)
     p_dis = discard.predict_proba(incomplete)
     ok_or = p_or.argmax(1) == y
     ok_any = (p_dis.argmax(1) == y) | (impute.predict_proba(incomplete).argmax(1) == y)
-    assert (ok_or | ~ok_any).all()  # correct wherever discard or impute-all is
+    assert (ok_or | ~ok_any).all()  # correct wherever discard or fuse-all is
     # Where no candidate is right, the oracle falls back to discard.
     torch.testing.assert_close(p_or[~ok_or], p_dis[~ok_or], atol=1e-6, rtol=1e-6)
     # Never reads a missing slot; but it does read the labels, and says so without them.
@@ -347,9 +347,191 @@ def test_partly_missing_table_values_go_through_the_recovery(fitted, incomplete)
     rows = torch.nonzero(batch.observed[:, 0]).flatten()[:5]
     x[rows, :3] = float("nan")
     holes = dataclasses.replace(batch, data={**batch.data, "v0": x})
-    for name in ("impute-all", "concat"):
+    for name in ("fuse-all", "concat"):
         p = fitted[name].predict_proba(holes)
         assert torch.isfinite(p).all()
         assert not torch.equal(p[rows], fitted[name].predict_proba(batch)[rows])
     with pytest.raises(DataError, match=f"sample {int(rows[0])}: observed modality 'v0' holds NaN"):
         fitted["discard"].predict_proba(holes)
+
+
+# -- batch independence ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prediction_does_not_depend_on_the_batch(name, fitted, incomplete):
+    """A sample's prediction is the same alone, in chunks, or in a shuffled batch: decisions
+    exactly, probabilities to 1e-5 (batched matmuls may round differently per batch shape)."""
+    b = fitted[name]
+    ref = b.predict_proba(incomplete)
+    chunks = torch.cat([b.predict_proba(incomplete.index(range(s, min(s + 7, 48)))) for s in range(0, 48, 7)])
+    perm = torch.randperm(48, generator=torch.Generator().manual_seed(2))
+    shuffled = torch.empty_like(ref)
+    shuffled[perm] = b.predict_proba(incomplete.index(perm.tolist()))
+    single = b.predict_proba(incomplete.index([5]))
+    for other in (chunks, shuffled):
+        assert torch.equal(other.argmax(1), ref.argmax(1)), name
+        torch.testing.assert_close(other, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(single, ref[5:6], atol=1e-5, rtol=0)
+
+
+# -- the incomplete-multimodal baselines (PDF, M3Care, MUSE, MAP) ------------------------------------
+
+
+def test_pdf_weights_are_a_convex_combination_over_observed(fitted, incomplete):
+    b = fitted["pdf"]
+    w = b.fusion_weights(incomplete)
+    assert torch.equal(w > 0, incomplete.observed)
+    torch.testing.assert_close(w.sum(1), torch.ones(48), atol=1e-6, rtol=0)
+    # One observed modality: the prediction is that modality's classifier.
+    one = torch.zeros_like(incomplete.observed)
+    one[:, 1] = True
+    single = incomplete.with_observed(one)
+    with torch.no_grad():
+        logits, _ = b.net.modality_outputs(single.data, one)
+    torch.testing.assert_close(b.predict_proba(single), torch.softmax(logits[:, 1], dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_pdf_fused_logits_follow_the_co_belief(fitted, incomplete):
+    """The fused prediction is softmax(sum_m w_m logits_m) with the reported weights."""
+    b = fitted["pdf"]
+    with torch.no_grad():
+        logits, _ = b.net.modality_outputs(incomplete.data, incomplete.observed)
+    w = b.fusion_weights(incomplete)
+    expected = torch.softmax((w.unsqueeze(-1) * logits).sum(1), dim=-1)
+    torch.testing.assert_close(b.predict_proba(incomplete), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_m3care_imputes_only_missing_modalities_from_the_bank(fitted, incomplete):
+    b = fitted["m3care"]
+    assert int(b.net.bank_filled) == 96  # every training sample (bank_size 1024 > 96)
+    ref = b.predict_proba(incomplete)
+    complete = incomplete.observed.all(dim=1)
+    assert complete.any() and (~complete).any()
+    saved = b.net.bank.clone()
+    try:
+        b.net.bank.mul_(-1.0).add_(0.5)  # another neighbour pool
+        other = b.predict_proba(incomplete)
+    finally:
+        b.net.bank.copy_(saved)
+    # Complete samples never read the bank; incomplete ones do.
+    torch.testing.assert_close(other[complete], ref[complete], atol=1e-6, rtol=0)
+    assert not torch.allclose(other[~complete], ref[~complete], atol=1e-4)
+
+
+def test_m3care_imputation_is_the_weighted_mean_of_neighbours(fitted):
+    net = fitted["m3care"].net
+    torch.manual_seed(0)
+    feats = torch.randn(4, 3, 16)
+    used = torch.tensor([[True, False, True], [True, True, True], [False, True, False], [True, True, False]])
+    bank = torch.randn(10, 3, 16)
+    with torch.no_grad():
+        out = net.impute(feats, used, bank, torch.ones(10, 3, dtype=torch.bool))
+    assert torch.equal(out[used], feats[used])  # observed features are kept
+    hull_min, hull_max = bank.amin(0), bank.amax(0)  # a convex combination stays in the box
+    for i, m in zip(*torch.nonzero(~used, as_tuple=True), strict=True):
+        assert (out[i, m] >= hull_min[m] - 1e-5).all() and (out[i, m] <= hull_max[m] + 1e-5).all()
+
+
+def test_muse_contrastive_term_and_view_consistency(data):
+    torch.set_num_threads(1)
+    from dymo.baselines.muse import contrastive_loss
+
+    z = torch.nn.functional.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    ids = torch.arange(4).repeat(2)
+    aligned = torch.cat([z[:4], z[:4]])
+    assert contrastive_loss(aligned, ids, 0.2) < contrastive_loss(z, ids, 0.2)  # matching views: lower loss
+    b = get_baseline("muse", **tiny("muse", epochs=1))
+    b.specs, b.class_names = list(data.specs), list(data.class_names)
+    net = b._build()
+    batch = data["train"].batch(range(32))
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with_c = float(net.training_loss(batch, g())[0].detach())
+    net.contrastive_weight = 0.0
+    assert float(net.training_loss(batch, g())[0].detach()) < with_c
+
+
+def test_map_prompt_of_one_missing_case_changes_only_that_case(fitted, incomplete):
+    from dymo.utils.subsets import masks_to_codes
+
+    b = fitted["map"]
+    codes = masks_to_codes(incomplete.observed)
+    case = int(torch.mode(codes).values)
+    ref = b.predict_proba(incomplete)
+    saved = b.net.prompts.detach().clone()
+    try:
+        with torch.no_grad():
+            b.net.prompts[case] += torch.randn(saved.shape[1:], generator=torch.Generator().manual_seed(0))
+        other = b.predict_proba(incomplete)
+    finally:
+        with torch.no_grad():
+            b.net.prompts.copy_(saved)
+    torch.testing.assert_close(other[codes != case], ref[codes != case], atol=1e-6, rtol=0)
+    assert not torch.allclose(other[codes == case], ref[codes == case], atol=1e-4)
+
+
+def test_map_freezes_the_backbone_but_not_prompts(data):
+    torch.set_num_threads(1)
+    b = get_baseline("map", **tiny("map", epochs=1))
+    before = {}
+
+    import dymo.baselines.map_prompts as mp
+
+    real_fit = mp.fit_network
+
+    def spy(net, *args, **kwargs):
+        if net.phase == "prompts":
+            before.update({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return real_fit(net, *args, **kwargs)
+
+    mp.fit_network = spy
+    try:
+        b.fit(data, progress=False)
+    finally:
+        mp.fit_network = real_fit
+    after = b.net.state_dict()
+    assert torch.equal(after["backbone.blocks.0.linear1.weight"], before["backbone.blocks.0.linear1.weight"])
+    assert not torch.equal(after["prompts"], before["prompts"])
+    assert not torch.equal(after["backbone.classifier.weight"], before["backbone.classifier.weight"])
+
+
+def test_m3care_trains_on_a_batch_of_one_without_nan(data):
+    """A one-sample batch has no other sample to impute from: zeros, finite loss and gradients."""
+    b = get_baseline("m3care", **tiny("m3care", epochs=1))
+    b.specs, b.class_names = list(data.specs), list(data.class_names)
+    net = b._build()
+    loss, _ = net.training_loss(data["train"].batch([0]), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_m3care_bank_references_never_include_the_sample_itself(data):
+    """With train_references="bank", the bank holds earlier batches' features; a sample met
+    again (next epoch) is recognised by its input fingerprint and kept out of its neighbours."""
+    torch.set_num_threads(1)
+    b = get_baseline("m3care", **tiny("m3care", epochs=1), train_references="bank")
+    b.specs, b.class_names = list(data.specs), list(data.class_names)
+    net = b._build()
+    first = data["train"].batch(range(32))
+    fp = net._fingerprint(first.data)
+    again = net._fingerprint(data["train"].batch([5, 3]).data)  # other batch shape, same samples
+    torch.testing.assert_close(again, fp[[5, 3]], atol=0, rtol=1e-12)
+    assert len(torch.unique(fp)) == 32
+    net._push(torch.zeros(32, 3, 16), fp)
+    seen = []
+    real_impute = net.impute
+
+    def spy(feats, used, ref, ref_used, exclude=None):
+        seen.append(exclude)
+        return real_impute(feats, used, ref, ref_used, exclude)
+
+    net.impute = spy
+    net.training_loss(data["train"].batch(range(16, 48)), torch.Generator().manual_seed(0))
+    (exclude,) = seen
+    assert exclude.shape == (32, 32)
+    expected = torch.zeros(32, 32, dtype=torch.bool)
+    expected[torch.arange(16), torch.arange(16, 32)] = True  # rows 16..31 of the bank are samples 16..31
+    assert torch.equal(exclude, expected)
+    fitted = b.fit(data, progress=False)
+    assert fitted.predict_proba(data["test"].all()).shape == (48, 3)

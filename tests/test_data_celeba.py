@@ -127,3 +127,16 @@ def test_registry(celeba, tmp_path: Path):
     loaded = load_or_build("celeba", root=tmp_path / "data")
     assert len(loaded["train"]) == 4
     assert np.array_equal(np.asarray(loaded["train"].arrays["img"]), built["train"].arrays["img"])
+
+
+def test_cli_builds_celeba_from_source(celeba, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from dymo.cli.main import app
+
+    root, _ = celeba
+    args = ["data", "build", "celeba", "--source", str(root), "--root", str(tmp_path / "d"), "--set", "n_train=4", "--set", "label_in_text=false"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    ds = load_or_build("celeba", root=tmp_path / "d")
+    assert len(ds["train"]) == 4 and ds.build_info["config"]["label_in_text"] is False

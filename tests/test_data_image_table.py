@@ -235,3 +235,16 @@ def test_imputers_fill_partly_and_wholly_missing_tables(mit, kind):
     err = float(((y - truth)[holes] ** 2).mean())
     baseline = float((truth[holes] ** 2).mean())
     assert err < baseline * {"mean": 1.05, "knn": 0.6, "iterative": 0.9}[kind]
+
+
+def test_cli_builds_image_table_from_source(tip, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from dymo.cli.main import app
+
+    root, _ = tip
+    args = ["data", "build", "image-table", "--source", str(root), "--root", str(tmp_path / "d"),
+            "--set", f"image_root={root / 'images'}", "--set", "image_size=8"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert load_or_build("image-table", root=tmp_path / "d").specs[0].shape[1:] == (8, 8)

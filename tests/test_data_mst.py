@@ -206,3 +206,15 @@ def test_registry_build_and_load(mst_root, tmp_path: Path):
             assert np.array_equal(np.asarray(loaded[split].arrays[name]), built[split].arrays[name])
     with pytest.raises(ConfigError, match="source"):
         build_dataset("mst", root=data)
+
+
+def test_cli_builds_mst_from_source(mst_root, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from dymo.cli.main import app
+
+    root, _ = mst_root
+    res = CliRunner().invoke(app, ["data", "build", "mst", "--source", str(root), "--root", str(tmp_path / "d"), "--set", "n_train=6"])
+    assert res.exit_code == 0, res.output
+    ds = load_or_build("mst", root=tmp_path / "d")
+    assert len(ds["train"]) == 6 and ds.build_info["config"]["source"] == str(root.resolve())

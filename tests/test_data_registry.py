@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import cli_text
 from dymo.cli.main import app
 from dymo.data import registry
 from dymo.data.dataset import SplitDataset
@@ -97,21 +98,16 @@ def test_save_false_and_mfeat_via_registry(tmp_path):
 runner = CliRunner()
 
 
-def _text(res) -> str:
-    """CLI output with rich's line wrapping undone."""
-    return " ".join(res.output.split())
-
-
 def test_cli_build_info_show(tmp_path):
     root = str(tmp_path)
     res = runner.invoke(app, ["data", "build", "mfeat", "--root", root, "--seed", "1"])
     assert res.exit_code == 0, res.output
-    assert "train 1200, val 400, test 400" in _text(res)
+    assert "train 1200, val 400, test 400" in cli_text(res)
     res = runner.invoke(app, ["data", "build", "mfeat", "--root", root, "--seed", "1"])
-    assert res.exit_code == 0 and "already built" in _text(res)
+    assert res.exit_code == 0 and "already built" in cli_text(res)
     res = runner.invoke(app, ["data", "info", "mfeat", "--root", root])
     assert res.exit_code == 0, res.output
-    assert "zernike" in _text(res) and "120" in _text(res) and "1200" in _text(res)
+    assert "zernike" in cli_text(res) and "120" in cli_text(res) and "1200" in cli_text(res)
     out = tmp_path / "grid.png"
     res = runner.invoke(app, ["data", "show", "mfeat", "--root", root, "--out", str(out), "--rows", "3"])
     assert res.exit_code == 0, res.output
@@ -135,8 +131,8 @@ def test_cli_build_and_show_polymnist_small(tmp_path):
 
 def test_cli_errors(tmp_path):
     res = runner.invoke(app, ["data", "build", "svhn", "--root", str(tmp_path)])
-    assert res.exit_code == 2 and "unknown dataset 'svhn'" in _text(res)
+    assert res.exit_code == 2 and "unknown dataset 'svhn'" in cli_text(res)
     res = runner.invoke(app, ["data", "build", "mfeat", "--root", str(tmp_path), "--n-train", "5"])
-    assert res.exit_code == 2 and "n_train" in _text(res)
+    assert res.exit_code == 2 and "n_train" in cli_text(res)
     res = runner.invoke(app, ["data", "info", "mfeat", "--root", str(tmp_path)])
-    assert res.exit_code == 2 and "dymo data build mfeat" in _text(res)
+    assert res.exit_code == 2 and "dymo data build mfeat" in cli_text(res)

@@ -28,7 +28,7 @@ def test_cli_preset_and_set_order(tmp_path):
     root = tmp_path / "synth"
     make_split(kinds=("image", "vector"), seed=3).save(root)
     runner = CliRunner()
-    small = ["--set", "latent_dim=4", "--set", "hidden_dim=8", "--set", "image_channels=[4, 4]", "--epochs", "0", "--no-progress"]
+    small = ["--set", "latent_dim=4", "--set", "hidden_dim=8", "--set", "image_channels=[4, 4]", "--epochs", "1", "--no-progress"]
     res = runner.invoke(app, ["train", "recovery", "--data", str(root), "--model", "mopoe", "--out", str(tmp_path / "p"),
                               "--preset", "paper", "--set", "beta=3.0", *small])
     assert res.exit_code == 0, res.output

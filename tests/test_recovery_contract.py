@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_split, random_mask
 from dymo.recovery import get_recoverer, load_recoverer
-from test_recovery_common import make_split, random_mask
 
 TINY_RETRIEVAL = {"epochs": 8, "batch_size": 32, "embed_dim": 16, "width": 4, "hidden": 16, "text_embed": 8}
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_split
 from dymo.data.batch import MultimodalBatch
 from dymo.errors import ConfigError, DataError
 from dymo.recovery import get_recoverer
 from dymo.recovery.imputers import IterativeImputerRecoverer, MeanImputer
-from test_recovery_common import make_split
 
 KINDS = ("vector", "vector", "vector")
 

@@ -231,11 +231,24 @@ def test_empty_sample_and_unfitted_are_clear_errors(fitted: MoPoERecoverer, test
         MoPoERecoverer(**TINY).recover(test_batch)
 
 
-def test_training_set_with_missing_modality_is_rejected(train_set: MultimodalDataset) -> None:
-    observed = np.ones((len(train_set), 4), dtype=bool)
-    observed[5, 2] = False
-    with pytest.raises(DataError, match="sample 5 misses modality 't2'"):
-        MoPoERecoverer(epochs=1, **TINY).fit(train_set.with_observed(observed), progress=False)
+def test_incomplete_training_set_never_reads_missing_slots(train_set: MultimodalDataset) -> None:
+    """MoPoE trains on incomplete rows (PoE over each sample's observed experts): what the
+    missing slots hold has no influence on the fitted weights."""
+    observed = np.random.default_rng(0).random((len(train_set), 4)) > 0.3
+    observed[~observed.any(1), 0] = True
+
+    def poisoned(value: float) -> MultimodalDataset:
+        arrays = {}
+        for j, s in enumerate(train_set.specs):
+            a = np.array(train_set.arrays[s.name]).copy()
+            a[~observed[:, j]] = value if s.kind != "text" else 3
+            arrays[s.name] = a
+        return MultimodalDataset(train_set.specs, arrays, train_set.labels, train_set.class_names, observed)
+
+    a = MoPoERecoverer(epochs=1, **TINY).fit(poisoned(0.0), progress=False)
+    b = MoPoERecoverer(epochs=1, **TINY).fit(poisoned(7.0), progress=False)
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, msg=k)
 
 
 # -- persistence -----------------------------------------------------------------------------

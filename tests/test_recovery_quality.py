@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_split
 from dymo.errors import ConfigError, DataError
 from dymo.recovery import load_recoverer
 from dymo.recovery.oracle import OracleRecoverer
@@ -18,7 +19,6 @@ from dymo.recovery.quality import (
     ShuffledRecoverer,
     gaussian_blur,
 )
-from test_recovery_common import make_split
 
 KINDS = ("image", "vector", "text")
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import make_split
 from dymo.cli.main import app
 from dymo.errors import BundleError
 from dymo.recovery.coherence import (
@@ -18,7 +19,6 @@ from dymo.recovery.coherence import (
 )
 from dymo.recovery.oracle import OracleRecoverer
 from dymo.recovery.quality import ShuffledRecoverer
-from test_recovery_common import make_split
 
 TINY = UnimodalConfig(epochs=8, lr=5e-3, batch_size=32, embed_dim=16, width=4, hidden=16, text_embed=8, seed=4)
 

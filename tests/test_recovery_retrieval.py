@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_split, random_mask
 from dymo.data.dataset import SplitDataset
 from dymo.errors import BundleError, ConfigError
 from dymo.recovery import load_recoverer
 from dymo.recovery.retrieval import RetrievalRecoverer
-from test_recovery_common import make_split, random_mask
 
 TINY = {"epochs": 8, "batch_size": 32, "embed_dim": 16, "width": 4, "hidden": 16, "text_embed": 8}
 

@@ -220,3 +220,26 @@ def test_selection_with_the_flexible_backbone():
     with torch.no_grad():
         expected = model.fuse(tokens, res.used).logits
     assert torch.allclose(res.logits, expected, atol=1e-5)
+
+
+def test_thin_pairs_borrow_from_their_largest_well_estimated_subset(tmp_path, caplog):
+    n = 60
+    observed = np.ones((n, M), dtype=bool)
+    y = np.arange(n) % C
+    observed[y == 0, 2] = False
+    observed[np.nonzero(y == 0)[0][:2], 2] = True  # only 2 samples of class 0 observe m2
+    ds = make_dataset(n, observed)
+    with caplog.at_level("WARNING", logger="dymo.selection.calibration"):
+        cal = compute_calibration(StubBackbone("euclidean"), ds, progress=False, min_samples=5)
+    # {m0, m1, m2} (code 7), class 0 -> {m0, m1} (code 3); {m0, m2} (5) -> {m0} (1); {m1, m2} (6) -> {m1} (2)
+    for code, donor in ((7, 3), (5, 1), (6, 2)):
+        torch.testing.assert_close(cal.prototypes[code, 0], cal.prototypes[donor, 0])
+        torch.testing.assert_close(cal.sigma[code, 0], cal.sigma[donor, 0])
+    # {m2} alone has no proper subset: its 2 samples are used; the other classes are untouched.
+    assert cal.counts[4, 0] == 2 and not torch.allclose(cal.prototypes[4, 0], cal.prototypes[1, 0])
+    protos, _, _ = numpy_calibration(StubBackbone("euclidean"), ds, "euclidean")
+    np.testing.assert_allclose(cal.prototypes[7, 1:].numpy(), protos[7, 1:], atol=1e-5)
+    assert "{m0, m1, m2}: 0<-{m0, m1}" in caplog.text
+    assert cal.thin_subsets(5) == {"{m2}": ["0"], "{m0, m2}": ["0"], "{m1, m2}": ["0"], "{m0, m1, m2}": ["0"]}
+    cal.save(tmp_path / "c.safetensors")
+    torch.testing.assert_close(Calibration.load(tmp_path / "c.safetensors").counts, cal.counts)

@@ -20,6 +20,7 @@ from dymo.recovery.registry import get_recoverer, load_recoverer
 from dymo.selection.calibration import Calibration, compute_calibration
 from dymo.selection.plot import plot_explanations
 from dymo.training.run import TrainConfig, load_backbone, train_backbone
+from dymo.utils.artifact import sha256_file
 from dymo.utils.io import read_json, write_json
 
 
@@ -66,7 +67,8 @@ def run_demo(cfg: DemoConfig, out: Path, report: Path, data_root: Path, log: Cal
     if (bb_dir / "backbone.safetensors").exists() and (bb_dir / "metrics.json").exists():
         log(f"    reusing {bb_dir}")
     else:
-        train_backbone(data, bb_dir, bcfg, tcfg, data_ref={"name": str(data_root / "polymnist")})
+        # an interrupted earlier demo is continued (refused, with a message, if its settings differ)
+        train_backbone(data, bb_dir, bcfg, tcfg, data_ref={"name": str(data_root / "polymnist")}, resume=bb_dir.exists())
     backbone = load_backbone(bb_dir)
     test_acc = read_json(bb_dir / "metrics.json").get("test", {})
     done()
@@ -74,11 +76,12 @@ def run_demo(cfg: DemoConfig, out: Path, report: Path, data_root: Path, log: Cal
 
     done = step("4/6 calibration on the complete training set")
     cal_path = bb_dir / "calibration.safetensors"
-    if cal_path.exists():
-        calibration = Calibration.load(cal_path)
-    else:
+    calibration = Calibration.load(cal_path) if cal_path.exists() else None
+    if calibration is not None and calibration.backbone_sha256 != sha256_file(bb_dir / "backbone.safetensors"):
+        calibration = None  # computed for other weights (or unknown ones): recompute
+    if calibration is None:
         calibration = compute_calibration(backbone, data["train"])
-        calibration.save(cal_path)
+        calibration.save(cal_path, backbone_sha256=sha256_file(bb_dir / "backbone.safetensors"))
     done()
 
     done = step(f"5/6 evaluation at {cfg.missing}")
@@ -86,7 +89,7 @@ def run_demo(cfg: DemoConfig, out: Path, report: Path, data_root: Path, log: Cal
         backbone, calibration, recoverer, data["test"], cfg.missing, ("discard", "fuse-all", "dymo"), seed=cfg.seed, keep_results=True
     )
     done()
-    names = {"discard": "discard (observed only)", "fuse-all": "impute-all (every recovery)", "dymo": "DyMo"}
+    names = {"discard": "discard (observed only)", "fuse-all": "fuse-all (every recovery)", "dymo": "DyMo"}
     metrics = {names[k]: v for k, v in metrics.items()}
     log(metrics_markdown(metrics))
 
@@ -112,7 +115,7 @@ def run_demo(cfg: DemoConfig, out: Path, report: Path, data_root: Path, log: Cal
         "",
         f"The bundle `{out / 'bundle'}` predicts on new data: `dymo predict {out / 'bundle'} INPUT --out preds.csv`.",
     ]
-    return write_report(report, "dymo demo: DyMo vs discard vs impute-all", metrics, intro,
+    return write_report(report, "dymo demo: DyMo vs discard vs fuse-all", metrics, intro,
                         {"Accuracy by number of observed modalities": "accuracy.png", "Test samples and DyMo's choices": "samples.png"}, notes)
 
 

@@ -19,3 +19,8 @@ class ScenarioError(DymoError, ValueError):
 
 class BundleError(DymoError, ValueError):
     """A model bundle or checkpoint that is truncated, from another version, or for other specs."""
+
+
+class OutputError(DymoError, ValueError):
+    """An output path dymo refuses to write: a foreign file or folder, another kind of artefact,
+    one of the command's own inputs, or a folder another dymo process is writing."""

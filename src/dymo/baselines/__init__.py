@@ -2,11 +2,12 @@
 incomplete batches with ``predict_proba(batch, recovered=None)``, save/load.
 
 Names (see ``docs/baselines.md``): recovery-free ``discard``, ``moddrop``, ``mtl``,
-``late-fusion``, ``unimodal``; recovery-based ``impute-all``, ``concat``; dynamic fusion
-``qmf``, ``dynmm``; EXPERIMENT-ONLY upper bounds ``oracle-complete``, ``oracle-selection``.
+``late-fusion``, ``unimodal``; recovery-based ``fuse-all`` (formerly ``impute-all``), ``concat``; dynamic fusion
+``qmf``, ``dynmm``, ``pdf``; incomplete-multimodal learning ``m3care`` (latent imputation from
+similar samples), ``muse`` (sample-modality graph, contrastive), ``map`` (missing-aware prompts); EXPERIMENT-ONLY upper bounds ``oracle-complete``, ``oracle-selection``.
 """
 
-from dymo.baselines.base import Baseline, FitConfig, read_baseline_meta
+from dymo.baselines.base import Baseline, read_baseline_meta
 from dymo.baselines.registry import (
     BASELINES,
     EXPERIMENT_ONLY,
@@ -15,6 +16,7 @@ from dymo.baselines.registry import (
     load_baseline,
     registered_baselines,
 )
+from dymo.baselines.training import FitConfig
 
 __all__ = [
     "BASELINES",

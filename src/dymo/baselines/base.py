@@ -36,7 +36,6 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -51,7 +50,15 @@ from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
-from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
+from dymo.selection.selector import DEPRECATED_NAMES
+from dymo.utils.artifact import (
+    component_manifest,
+    dataset_fingerprint,
+    load_weights,
+    read_manifest,
+    sha256_json,
+)
+from dymo.utils.io import save_tensors, write_json
 
 log = logging.getLogger("dymo.baselines")
 
@@ -61,37 +68,6 @@ WEIGHTS_FILE = "weights.safetensors"
 RECOVERER_DIR = "recoverer"
 
 B = TypeVar("B", bound="Baseline")
-
-
-@dataclass
-class FitConfig(Config):
-    """Training budget of the baselines trained by :func:`~dymo.baselines.training.fit_network`.
-
-    Defaults follow :class:`~dymo.training.run.TrainConfig` (Adam, lr 1e-3, a few epochs,
-    early stopping on the validation accuracy): small enough for a CPU.
-    """
-
-    epochs: int = 4
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 3
-    seed: int = 0
-    max_train_samples: int | None = None
-    eval_batch_size: int = 512
-    accelerator: str = "cpu"
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("FitConfig: epochs, batch_size and eval_batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"FitConfig: lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"FitConfig: weight_decay must be >= 0, got {self.weight_decay}")
-        if self.patience < 1:
-            raise ConfigError(f"FitConfig: patience must be >= 1, got {self.patience}")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ConfigError("FitConfig: max_train_samples must be >= 1 (or null)")
 
 
 class Baseline(ABC):
@@ -125,6 +101,8 @@ class Baseline(ABC):
         self.class_names: list[str] = []
         self.net: nn.Module | None = None
         self.recoverer: Recoverer | None = None
+        #: what it was trained on (fingerprint of the train + val data), recorded in its config.json
+        self.made_from: dict[str, Any] = {}
         self.device = torch.device("cpu")
 
     # -- properties ------------------------------------------------------------------------
@@ -168,6 +146,7 @@ class Baseline(ABC):
             self._attach_recoverer(recoverer, data.specs)
         self.specs = list(data.specs)
         self.class_names = list(data.class_names)
+        self.made_from = {"data_fingerprint": sha256_json({s: dataset_fingerprint(data[s]) for s in ("train", "val")})}
         self._fit(data, progress)
         assert self.net is not None, f"{type(self).__name__}._fit did not set self.net"
         self.net.to(self.device).eval()
@@ -264,20 +243,13 @@ class Baseline(ABC):
         """Probabilities ``[B, C]`` for a validated batch (and its recovery) on ``self.device``."""
 
     def _validate(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> None:
-        """``batch.validate``; NaN *entries* of observed vector modalities (partly missing
-        tables) are accepted when this baseline reads only recovered data and that recovery
-        imputes them (``recovered`` given, or a recoverer with ``allows_missing_values``)."""
+        """The batch contract's validator. NaN *entries* of observed vector modalities (partly
+        missing tables) are accepted when this baseline reads only recovered data and that
+        recovery imputes them (``recovered`` given, or a recoverer with ``allows_missing_values``)."""
         imputes_values = self.uses_recovery and (
             recovered is not None or (self.recoverer is not None and self.recoverer.allows_missing_values)
         )
-        if imputes_values:
-            data = dict(batch.data)
-            for s in self.specs:
-                x = data.get(s.name)
-                if s.kind == "vector" and x is not None and x.is_floating_point():
-                    data[s.name] = torch.where(torch.isnan(x), torch.zeros((), dtype=x.dtype, device=x.device), x)
-            batch = replace(batch, data=data)
-        batch.validate(self.specs, self.num_classes)
+        batch.validate(self.specs, self.num_classes, nan_values=imputes_values)
 
     def _recovered(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> MultimodalBatch:
         """``recovered`` checked against ``batch``, or the recoverer's output."""
@@ -325,15 +297,10 @@ class Baseline(ABC):
             rec_dir = RECOVERER_DIR
         write_json(
             path / CONFIG_FILE,
-            {
-                "format": FORMAT_VERSION,
-                "kind": self.name,
-                "dymo_version": dymo.__version__,
-                "config": self.config.to_dict(),
-                "specs": specs_to_list(self.specs),
-                "class_names": list(self.class_names),
-                "recoverer": rec_dir,
-            },
+            component_manifest(
+                "baseline", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
+                class_names=list(self.class_names), made_from=self.made_from, recoverer=rec_dir,
+            ),
         )
         return path
 
@@ -345,19 +312,17 @@ class Baseline(ABC):
         map_location: str | torch.device = "cpu",
         **recoverer_kwargs: Any,
     ) -> B:
-        """Load a folder written by :meth:`save`. Called on :class:`Baseline` itself (or via
-        :func:`~dymo.baselines.registry.load_baseline`) it loads whatever kind the folder holds.
+        """Load a folder written by :meth:`save` by this kind of baseline
+        (:func:`~dymo.baselines.registry.load_baseline` loads whatever kind a folder holds).
 
         ``recoverer``: use this fitted recoverer instead of the saved one;
         ``recoverer_kwargs`` go to :func:`~dymo.recovery.registry.load_recoverer` (e.g. ``train=``).
         """
         path = Path(path_dir)
+        if not cls.name:
+            raise TypeError("Baseline.load: the abstract base cannot choose a kind; use dymo.baselines.load_baseline(path)")
         meta = read_baseline_meta(path)
-        if not cls.name:  # the abstract base: dispatch on the saved kind
-            from dymo.baselines.registry import baseline_class
-
-            cls = baseline_class(meta["kind"])  # type: ignore[assignment]
-        elif meta["kind"] != cls.name:
+        if DEPRECATED_NAMES.get(meta["kind"], meta["kind"]) != cls.name:  # a folder saved under an old name
             raise BundleError(f"{path / CONFIG_FILE}: holds a {meta['kind']!r} baseline, not {cls.name!r}")
         try:
             config = cls.config_class.from_dict(meta["config"])
@@ -366,14 +331,10 @@ class Baseline(ABC):
         obj = cls(config=config)
         obj.specs = specs_from_list(meta["specs"])
         obj.class_names = list(meta["class_names"])
+        obj.made_from = dict(meta.get("made_from") or {})
         net = obj._build()
         wpath = path / WEIGHTS_FILE
-        try:
-            state = load_tensors(wpath)
-        except FileNotFoundError:
-            raise BundleError(f"{wpath}: file missing") from None
-        except Exception as e:  # safetensors raises its own error types
-            raise BundleError(f"{wpath}: truncated or corrupt weights ({e})") from None
+        state = load_weights(wpath)
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -389,21 +350,8 @@ class Baseline(ABC):
 
 
 def read_baseline_meta(path: Path) -> dict[str, Any]:
-    """Read and check a baseline folder's ``config.json``."""
-    cfg = Path(path) / CONFIG_FILE
-    if not cfg.exists():
-        raise BundleError(f"{path}: no {CONFIG_FILE}; not a saved baseline (or its save did not finish)")
-    try:
-        meta = read_json(cfg)
-    except ValueError as e:
-        raise BundleError(f"{cfg}: corrupt JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise BundleError(f"{cfg}: baseline format {got!r}, this dymo reads {FORMAT_VERSION}")
-    for key in ("kind", "config", "specs", "class_names"):
-        if key not in meta:
-            raise BundleError(f"{cfg}: key {key!r} missing")
-    return meta
+    """Read and check a baseline folder's ``config.json`` (see :func:`dymo.utils.artifact.read_manifest`)."""
+    return read_manifest(path, "baseline", required={"kind": str, "config": dict, "specs": list, "class_names": list})
 
 
 def _check_complete(ds: MultimodalDataset, split: str, who: str) -> None:

@@ -1,6 +1,7 @@
 """Baselines that are DyMo's own flexible backbone with a fixed modality policy: ``discard``
-(observed only) and ``impute-all`` (observed + every recovered modality). They are the two
-ends DyMo's per-sample selection moves between (METHOD.md: the "fuse all recovered" ablation
+(observed only) and ``fuse-all`` (observed + every recovered modality; formerly ``impute-all``,
+still accepted with a warning). They are the two
+ends DyMo's per-sample selection moves between (docs/method.md §6: the "fuse all recovered" ablation
 and the recovery-free backbone), and they take the very backbone DyMo uses
 (:meth:`DyMoBackboneBaseline.from_backbone`), or train one with
 :func:`~dymo.training.run.train_backbone` (K subsets per batch + prototype loss).
@@ -103,17 +104,22 @@ class DiscardBaseline(DyMoBackboneBaseline):
         return self._probs(batch.data, batch.observed)
 
 
-class ImputeAllBaseline(DyMoBackboneBaseline):
-    """``impute-all``: the DyMo backbone on the observed plus *all* recovered modalities
-    (recovery-based; DyMo's selection method ``fuse-all``, the "fuse all recovered" ablation).
+class FuseAllBaseline(DyMoBackboneBaseline):
+    """``fuse-all``: the DyMo backbone on the observed plus *all* recovered modalities
+    (recovery-based; the baseline form of DyMo's selection method ``fuse-all``, the "fuse all
+    recovered" ablation).
 
     Paper: Du et al., ICLR 2026 (DyMo), the impute strategy / "fuse all" ablation.
     """
 
-    name = "impute-all"
+    name = "fuse-all"
     paper = "Du et al., ICLR 2026 (DyMo), fuse-all ablation"
     uses_recovery = True
 
     def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
         assert recovered is not None
         return self._probs(recovered.data, torch.ones_like(batch.observed))
+
+
+#: The former name of :class:`FuseAllBaseline`.
+ImputeAllBaseline = FuseAllBaseline

@@ -9,10 +9,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dymo.baselines.base import FitConfig, NetBaseline
+from dymo.baselines.base import NetBaseline
 from dymo.baselines.nets import DynMMNet, EncoderConfig, PerModalityNet
 from dymo.baselines.recovery_free import LateFusionBaseline
-from dymo.baselines.training import fit_network, seed_everything
+from dymo.baselines.training import FitConfig, fit_network, seed_everything
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import SplitDataset

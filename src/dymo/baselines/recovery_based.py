@@ -1,5 +1,5 @@
 """Recovery-based baselines: classify from observed + recovered modalities (a frozen
-recoverer fills every missing slot). ``impute-all`` (the DyMo backbone on everything) lives in
+recoverer fills every missing slot). ``fuse-all`` (the DyMo backbone on everything) lives in
 :mod:`dymo.baselines.dymo_backbone`; here is ``concat``."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dymo.baselines.base import FitConfig, NetBaseline
+from dymo.baselines.base import NetBaseline
 from dymo.baselines.nets import ConcatNet, EncoderConfig
+from dymo.baselines.training import FitConfig
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
 

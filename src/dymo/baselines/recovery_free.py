@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dymo.baselines.base import FitConfig, NetBaseline
+from dymo.baselines.base import NetBaseline
 from dymo.baselines.nets import EncoderConfig, PerModalityNet, SubsetBackboneNet
-from dymo.baselines.training import subset_accuracy
+from dymo.baselines.training import FitConfig, subset_accuracy
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import SplitDataset

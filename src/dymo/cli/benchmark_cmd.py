@@ -8,9 +8,13 @@ from pathlib import Path
 
 import typer
 
+from dymo.baselines.registry import BASELINES, EXPERIMENT_ONLY
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app
 from dymo.errors import ConfigError
+from dymo.recovery.registry import standalone_recoverers
+from dymo.selection.selector import METHODS
+
+app = typer.Typer()  # `dymo benchmark`, added to the root by dymo.cli.main
 
 #: BenchmarkConfig keys a --config JSON may set (model settings; the rest are options).
 CONFIG_KEYS = ("backbone", "train", "baselines", "recoverers", "calibration_batch_size", "subset_seed")
@@ -54,14 +58,14 @@ def benchmark_cmd(
     data: str = typer.Option("polymnist", help="Dataset name (see `dymo data info`) or a built dataset folder."),
     methods: list[str] = typer.Option(
         ["dymo,iterative,simultaneous,fuse-all,discard,moddrop,mtl,late-fusion,oracle-complete,oracle-selection"],
-        help="Comma-separated/repeatable: DyMo variants dymo, iterative, simultaneous, fuse-all, discard (dymo-cosine, "
-        "dymo-euclidean, ...), baselines (moddrop, mtl, late-fusion, unimodal, impute-all, concat, qmf, dynmm) and the "
-        "EXPERIMENT-ONLY upper bounds oracle-complete, oracle-selection (+ its shuffled control).",
+        help=f"Comma-separated/repeatable: DyMo variants {', '.join(METHODS)} (dymo-cosine, "
+        f"dymo-euclidean, ...), baselines ({', '.join(b for b in BASELINES if b not in (*METHODS, *EXPERIMENT_ONLY))}) and the "
+        f"EXPERIMENT-ONLY upper bounds {', '.join(EXPERIMENT_ONLY)} (+ the shuffled control of oracle-selection).",
     ),
     missing: list[str] = typer.Option(["random:0.2,random:0.4,random:0.6,random:0.8"], help="Scenarios: random:ETA, count:K, fixed:I,J, none, file:MASK.csv."),
     seeds: list[str] = typer.Option(["0,1,2"], help="Seeds of the missing masks (models are trained once)."),
     out: Path = typer.Option(..., help="Benchmark folder (models/, cells/, reports). Rerunning resumes it."),
-    recovery: list[str] = typer.Option(["retrieval"], help="Recoverer kinds to train (retrieval, mopoe, mean, knn, iterative, oracle) or saved recoverer folders."),
+    recovery: list[str] = typer.Option(["retrieval"], help=f"Recoverer kinds to train ({', '.join(standalone_recoverers())}) or saved recoverer folders."),
     backbone: list[str] = typer.Option([], help="Trained backbone run folder(s) to reuse (metric read from each)."),
     metric: list[str] = typer.Option([], help="cosine and/or euclidean: one DyMo backbone each (default: the --backbone runs' metrics, else cosine)."),
     epochs: int = typer.Option(3, help="Epochs for everything this run trains (backbones, baselines, neural recoverers)."),
@@ -80,9 +84,16 @@ def benchmark_cmd(
 
     from rich.logging import RichHandler
 
+    from dymo.cli.common import check_positive
     from dymo.evaluation.benchmark import BenchmarkConfig, backbone_metric, run_benchmark
+    from dymo.utils.artifact import check_output
     from dymo.utils.io import read_json
 
+    for value, option in ((epochs, "--epochs"), (batch_size, "--batch-size"), (threads, "--threads"),
+                          (max_train_samples, "--max-train-samples"), (max_val_samples, "--max-val-samples"),
+                          (max_test_samples, "--max-test-samples")):
+        check_positive(value, option)
+    check_output(out, "benchmark", replace=True)  # rerunning resumes; never a foreign folder
     if threads:
         import scipy.linalg  # noqa: F401 - load scipy's own BLAS first: only loaded libraries are capped
         import torch
@@ -95,7 +106,12 @@ def benchmark_cmd(
         logger.addHandler(RichHandler(console=console, show_path=False))
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    extra = read_json(config) if config else {}
+    try:
+        extra = read_json(config) if config else {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {config}: file not found") from None
+    except ValueError as e:
+        raise ConfigError(f"--config {config}: not valid JSON ({e})") from None
     if not isinstance(extra, dict) or set(extra) - set(CONFIG_KEYS):
         bad = sorted(set(extra) - set(CONFIG_KEYS)) if isinstance(extra, dict) else extra
         raise ConfigError(f"--config {config}: unknown key(s) {bad}; allowed: {list(CONFIG_KEYS)}")

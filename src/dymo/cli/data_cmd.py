@@ -12,47 +12,97 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from dymo.cli.common import friendly_errors
-from dymo.cli.main import app
+from dymo.data.registry import data_root
+from dymo.errors import ConfigError
 
 data_app = typer.Typer(help="Build, inspect and plot the offline datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
 out_console = Console()
 
 
-@data_app.command("build")
+def _dataset_help() -> str:
+    from dymo.data.registry import REGISTRY
+
+    return "one of: " + ", ".join(REGISTRY) + " (described below)"
+
+
+def _build_epilog() -> str:
+    from dymo.data.registry import REGISTRY
+
+    lines = ["Datasets and their build options (--set KEY=VALUE):"]
+    for e in REGISTRY.values():
+        keys = ", ".join(f for f in e.config_cls.__dataclass_fields__ if f != "source")
+        lines.append(f"{e.name}: {e.description}; options: {keys}")
+    return "\n\n".join(lines)
+
+
+@data_app.command("build", epilog=_build_epilog())
 @friendly_errors
 def build(
-    name: str = typer.Argument(..., help="polymnist | polymnist-small | mfeat"),
+    name: str = typer.Argument(..., help=_dataset_help()),
+    source: Path | None = typer.Option(None, help="your copy of the dataset's files (needed by folder, mst, celeba, image-table)"),
+    set_: list[str] = typer.Option([], "--set", help="a build option key=value (repeatable), e.g. --set seed=1 --set val_fraction=0.2"),
+    out_name: str | None = typer.Option(None, "--name", help="name of the built dataset (default: the dataset name; folder: the source folder's name)"),
     root: Path | None = typer.Option(None, help="data root (default $DYMO_DATA or ./data); the dataset goes to ROOT/NAME"),
-    seed: int | None = typer.Option(None, help="random seed (default 0)"),
+    seed: int | None = typer.Option(None, help="random seed (same as --set seed=N)"),
     n_train: int | None = typer.Option(None, help="PolyMNIST: training tuples"),
     n_val: int | None = typer.Option(None, help="PolyMNIST: validation tuples"),
     n_test: int | None = typer.Option(None, help="PolyMNIST: test tuples"),
     force: bool = typer.Option(False, help="rebuild even if a build with these options exists"),
 ) -> None:
-    """Build a dataset into ROOT/NAME (skipped if a finished build with the same options is there)."""
-    from dymo.data.registry import build_dataset, dataset_dir, is_built, make_config
+    """Build a dataset into ROOT/NAME (skipped if a finished build with the same options is there).
 
-    options: dict[str, Any] = {
-        k: v for k, v in {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test}.items() if v is not None
-    }
+    Your own files: `dymo data build folder --source DIR --name NAME` (layout in docs/data.md).
+    """
+    from dymo.data.registry import (
+        build_dataset,
+        get_entry,
+        is_built,
+        make_config,
+        parse_set_options,
+    )
+    from dymo.utils.artifact import check_output
+
+    options: dict[str, Any] = parse_set_options(set_)
+    shortcuts = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test}
+    options.update({k: v for k, v in shortcuts.items() if v is not None})
+    entry = get_entry(name)
+    if source is not None:
+        options["source"] = str(source.expanduser().resolve())
+    elif entry.external and "source" not in options:
+        raise ConfigError(f"dataset {name!r} is read from your files: pass --source PATH")
+    if name == "folder" and out_name is None:
+        out_name = Path(options["source"]).name
     make_config(name, **options)  # reject bad names/options before drawing a progress bar
-    target = dataset_dir(name, root)
-    if not force and is_built(name, root, **options):
-        out_console.print(f"{name}: already built in {target} with these options (use --force to rebuild)")
+    target_name = out_name or name
+    target = (root if root is not None else data_root()) / target_name
+    check_output(target, "dataset", replace=True, option="dataset folder")  # never over a foreign folder
+    if not force and is_built(name, root, out_name=out_name, **options):
+        out_console.print(f"{target_name}: already built in {target} with these options (use --force to rebuild)")
         return
-    with Progress(
-        TextColumn(f"building {name}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=out_console
-    ) as bar:
-        task = bar.add_task("build", total=None)
+    created = not target.exists()
+    try:
+        with Progress(
+            TextColumn(f"building {target_name}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=out_console
+        ) as bar:
+            task = bar.add_task("build", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
 
-        ds = build_dataset(name, root, progress=progress, **options)
+            ds = build_dataset(name, root, progress=progress, out_name=out_name, **options)
+    except BaseException:
+        if created:  # a failed or interrupted build leaves nothing behind
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     sizes = ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items())
-    out_console.print(f"{name}: {sizes} -> {target}")
+    missing = {k: float(1 - v.observed.mean()) for k, v in ds.splits.items()}
+    note = ""
+    if any(missing.values()):
+        note = " (missing modality slots: " + ", ".join(f"{k} {v:.0%}" for k, v in missing.items()) + ")"
+    out_console.print(f"{target_name}: {sizes}{note} -> {target}")
 
 
 @data_app.command("info")
@@ -91,11 +141,16 @@ def show(
     rows: int = typer.Option(8, min=1, max=64, help="number of samples (rows)"),
     seed: int = typer.Option(0, help="which samples: a seeded random choice"),
     scenario: str = typer.Option("none", help="missing-modality scenario to draw, e.g. random:0.5"),
+    force: bool = typer.Option(False, "--force", help="replace an existing grid written by dymo"),
 ) -> None:
     """Plot a grid of samples: one row per sample, one column per modality, label in the row title."""
     from dymo.data.registry import load_dataset
     from dymo.data.scenarios import parse_scenario
+    from dymo.utils.artifact import check_output
 
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: the grid is a .png file")
+    check_output(out, "grid", force=force)
     ds = load_dataset(name, root)
     data = ds[split]
     n = min(rows, len(data))
@@ -140,6 +195,6 @@ def save_grid(ds: Any, batch: Any, observed: np.ndarray, out: Path) -> None:
     fig.tight_layout()
     out = Path(out)
     try:
-        atomic_replace_from(lambda tmp: fig.savefig(tmp, format="png", dpi=100), out)
+        atomic_replace_from(lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": "dymo"}), out)
     finally:
         plt.close(fig)

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app
+
+app = typer.Typer()  # `dymo demo`, added to the root by dymo.cli.main
 
 
 @app.command("demo")
@@ -22,7 +23,7 @@ def demo_cmd(
     missing: str = typer.Option("random:0.6", help="Test scenario."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Build PolyMNIST, train retrieval recovery + backbone, calibrate, compare discard / impute-all / DyMo, write a report."""
+    """Build PolyMNIST, train retrieval recovery + backbone, calibrate, compare discard / fuse-all / DyMo, write a report."""
     from dymo.cli.training_cmd import quiet_lightning
     from dymo.demo import DemoConfig, run_demo
 

@@ -9,10 +9,13 @@ from pathlib import Path
 import typer
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app, train_app
 from dymo.errors import ConfigError
+from dymo.recovery.registry import trainable_recoverers
 
-TRAINABLE = ("retrieval", "mean", "knn", "iterative", "mopoe", "mmvae-plus", "cmvae")
+app = typer.Typer()  # `dymo recovery-report`, added to the root by dymo.cli.main
+train_app = typer.Typer()  # `dymo train recovery`, added under `train` by dymo.cli.main
+
+TRAINABLE = tuple(trainable_recoverers())
 CLASSIFIER_DIR = "coherence_classifier"
 
 
@@ -46,14 +49,27 @@ def train_recovery_cmd(
     threads: int | None = typer.Option(None, help="CPU threads for torch and BLAS (threadpoolctl)."),
     max_train_samples: int | None = typer.Option(None, help="Use only the first N training samples."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing recoverer in --out (never anything else)."),
 ) -> None:
     """Fit a recovery model on the training split and save it into the run folder."""
     import numpy as np
 
+    from dymo.cli.common import check_positive
     from dymo.recovery.registry import recoverer_class
+    from dymo.utils.artifact import check_output, staged_dir
 
-    if model not in TRAINABLE:
-        raise ConfigError(f"--model {model!r}: choose one of {', '.join(TRAINABLE)}")
+    if model not in trainable_recoverers():
+        raise ConfigError(f"--model {model!r}: choose one of {', '.join(trainable_recoverers())}")
+    for value, option in ((epochs, "--epochs"), (threads, "--threads"), (max_train_samples, "--max-train-samples")):
+        check_positive(value, option)
+    try:
+        dev = __import__("torch").device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r}: {e}") from None
+    if dev.type == "cuda" and not __import__("torch").cuda.is_available():
+        raise ConfigError(f"--device {device!r}: no CUDA device is available on this machine")
+    # A folder with only an interrupted fit's checkpoint is resumed; a finished one needs --force.
+    check_output(out, "recoverer", force=force, replace=not (out / "config.json").exists())
     _limit_threads(threads)
     cls = recoverer_class(model)  # mopoe: imported lazily from dymo.recovery.mopoe
     overrides = _parse_sets(set_)
@@ -76,8 +92,19 @@ def train_recovery_cmd(
     if device != "cpu":
         rec.to(device)
     kwargs = {"run_dir": out} if "run_dir" in inspect.signature(rec.fit).parameters else {}
-    rec.fit(train, progress=progress, **kwargs)
-    rec.save(out)
+    created = not out.exists()
+    try:
+        rec.fit(train, progress=progress, **kwargs)
+        with staged_dir(out) as tmp:  # complete or absent; with --force the old recoverer goes whole
+            rec.save(tmp)
+    except KeyboardInterrupt:
+        raise  # an interrupted neural fit keeps its checkpoint in --out, to resume
+    except BaseException:
+        if created:  # a failed fit leaves nothing behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     console.print(f"saved [bold]{model}[/] recoverer to {out}")
 
 
@@ -114,6 +141,11 @@ def recovery_report_cmd(
     if max_samples:
         test = test.subset(np.arange(min(max_samples, len(test))))
     clf_dir = classifier or run / CLASSIFIER_DIR
+    from dymo.cli.common import check_positive
+    from dymo.utils.artifact import check_output
+
+    check_positive(batch_size, "--batch-size")
+    check_output(clf_dir, "classifier", replace=True, option="--classifier")
     if (clf_dir / "config.json").exists():
         clf = UnimodalClassifier.load(clf_dir)
         if list(clf.modalities) != list(test.modalities):

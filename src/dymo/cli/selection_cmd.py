@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import app
+from dymo.cli.common import check_positive, check_unique, console, friendly_errors
+from dymo.errors import ConfigError
+
+app = typer.Typer()  # calibrate / evaluate / predict / bundle, added to the root by dymo.cli.main
 
 CALIBRATION_FILE = "calibration.safetensors"
 
@@ -29,14 +31,17 @@ def calibrate_cmd(
     max_val_samples: int | None = typer.Option(None, help="Tune on the first N validation samples (default: all)."),
     reuse_statistics: bool = typer.Option(False, help="Keep the run's existing calibration statistics; only (re)tune the threshold."),
 ) -> None:
-    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the complete
-    training set; with --tune-threshold also the acceptance rule, tuned on validation data."""
+    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set
+    (a sample counts for the subsets it observes); with --tune-threshold also the acceptance rule,
+    tuned on validation data."""
     from dymo.data.registry import open_dataset
-    from dymo.errors import ConfigError
     from dymo.selection.calibration import Calibration, compute_calibration
-    from dymo.training.run import load_backbone
-    from dymo.utils.io import read_json
+    from dymo.training.run import load_backbone, read_run_config
+    from dymo.utils.artifact import check_output, sha256_file
 
+    check_positive(batch_size, "--batch-size")
+    check_positive(max_samples, "--max-samples")
+    check_positive(max_val_samples, "--max-val-samples")
     if tune_threshold and recovery is None:
         raise ConfigError("--tune-threshold needs --recovery (the recoverer the threshold is tuned for)")
     if recovery is not None and not tune_threshold:
@@ -44,7 +49,8 @@ def calibrate_cmd(
     if reuse_statistics and not tune_threshold:
         raise ConfigError("--reuse-statistics only makes sense with --tune-threshold")
     backbone = load_backbone(run)
-    ref = data or read_json(run / "config.json")["data"]["name"]
+    check_output(run / CALIBRATION_FILE, "calibration", replace=True, option="calibration file")
+    ref = data or read_run_config(run)["data"]["name"]
     ds = open_dataset(ref)
     if reuse_statistics:
         cal = Calibration.load(run / CALIBRATION_FILE)
@@ -67,7 +73,8 @@ def calibrate_cmd(
         cal.threshold = None
         cal.threshold = tune(backbone, cal, rec, val, scenarios=scenarios, seeds=seeds, recoverer_name=str(recovery))
         _print_tuning(cal.threshold)
-    cal.save(run / CALIBRATION_FILE)
+    # Records the weights it was computed with: a retrained backbone makes it stale (refused).
+    cal.save(run / CALIBRATION_FILE, backbone_sha256=sha256_file(run / "backbone.safetensors"))
     console.print(f"[green]calibrated[/] -> {run / CALIBRATION_FILE}")
 
 
@@ -100,22 +107,34 @@ def evaluate_cmd(
     value_missing: str | None = typer.Option(None, help="Partly missing tables on top: value:GAMMA or feature:GAMMA (vector modalities)."),
     batch_size: int = typer.Option(512),
     out: Path | None = typer.Option(None, help="Also write the metrics as JSON here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing metrics file written by dymo."),
 ) -> None:
     """Evaluate selection methods under a missing-modality scenario; prints accuracy, steps and acceptance."""
     from dymo.data.registry import open_dataset
     from dymo.evaluation.pipeline import evaluate_methods
     from dymo.recovery.registry import load_recoverer
     from dymo.selection.calibration import Calibration
-    from dymo.training.run import load_backbone
-    from dymo.utils.io import read_json, write_json
+    from dymo.training.run import load_backbone, read_run_config
+    from dymo.utils.artifact import check_output
+    from dymo.utils.io import write_json
 
+    check_positive(batch_size, "--batch-size")
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("--method: name at least one method")
+    check_unique(methods, "--method")
+    if out is not None:
+        if out.suffix.lower() != ".json":
+            raise ConfigError(f"--out {out}: the metrics file must end in .json")
+        check_output(out, "metrics", force=force)
     backbone = load_backbone(run)
     cal_path = run / CALIBRATION_FILE
     cal = Calibration.load(cal_path) if cal_path.exists() else None
-    ref = data or read_json(run / "config.json")["data"]["name"]
+    if cal is not None:
+        cal.check_backbone(run / "backbone.safetensors", cal_path, f"run `dymo calibrate {run}` again")
+    ref = data or read_run_config(run)["data"]["name"]
     dataset = open_dataset(ref)
     rec = load_recoverer(recovery) if recovery else None
-    methods = [m.strip() for m in method.split(",") if m.strip()]
     selection = {"max_added": max_added} if max_added is not None else {}
     metrics = evaluate_methods(backbone, cal, rec, dataset[split], missing, methods, seed=seed, batch_size=batch_size, selection=selection, value_missing=value_missing)
     print_metrics(metrics, title=f"{ref}/{split} — missing {missing}" + (f", values {value_missing}" if value_missing else "") + f", seed {seed}")
@@ -143,12 +162,23 @@ def print_metrics(metrics: dict, title: str) -> None:
 @friendly_errors
 def predict_cmd(
     bundle: Path = typer.Argument(..., help="Model bundle folder (see `dymo bundle` / the demo)."),
-    input: Path = typer.Argument(..., help="Input folder: <modality>/<id>.png for images, <modality>.csv for vectors/text."),
+    input: Path = typer.Argument(..., help="Input folder: <modality>/<id>.<ext> for images, <modality>.csv (header id,...) for vectors/text."),
     out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
-    batch_size: int = typer.Option(256),
+    batch_size: int = typer.Option(256, help="Samples per forward pass (>= 1)."),
     method: str | None = typer.Option(None, help="Override the bundle's selection method."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing predictions file written by dymo."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every bundle file against its sha256 (skip for speed)."),
+    inputs: str = typer.Option(
+        "raw", help="raw: vector CSVs hold values as in the source data (the model's standardisation is applied); "
+        "model: they are already standardised."
+    ),
 ) -> None:
-    """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards."""
+    """Predict samples with any modalities missing; write class, probabilities, modalities observed/recovered/used and rewards.
+
+    Inputs are raw by default: images as files (any Pillow format and bit depth), vector values as in the source data, text as plain strings; the bundle's own preprocessing (stored in its specs, summarised under "inputs" in bundle.json) is applied as in training.
+
+    One output row per sample, in input order (CSV rows as first seen, then ids found only as image files, by name). The rules: docs/inputs.md.
+    """
     import csv
     import io
     import json
@@ -156,29 +186,40 @@ def predict_cmd(
 
     from rich.progress import track
 
-    from dymo.errors import DataError
+    from dymo.errors import ConfigError, DataError
     from dymo.inference.classifier import DyMoClassifier
     from dymo.inference.folder import InputFolder
     from dymo.selection.selector import SelectionConfig
+    from dymo.utils.artifact import PREDICTIONS_HEADER, check_output
     from dymo.utils.io import atomic_write
 
+    # every option is checked before any work
     if out.suffix.lower() not in (".csv", ".json"):
-        raise typer.BadParameter("--out must end in .csv or .json")
-    clf = DyMoClassifier.from_pretrained(bundle)
+        raise ConfigError(f"--out {out}: must end in .csv or .json")
+    check_positive(batch_size, "--batch-size")
+    if inputs not in ("raw", "model"):
+        raise ConfigError(f"--inputs must be 'raw' or 'model', got {inputs!r}")
+    if method is not None:
+        SelectionConfig(method=method)  # type: ignore[arg-type]  # ConfigError naming the known methods
+    check_output(out, "predictions", force=force, inputs=[bundle, input])
+    clf = DyMoClassifier.from_pretrained(bundle, verify=verify)
     folder = InputFolder.scan(input, clf.specs)
+    for note in folder.notes:
+        console.print(f"note: {note}", soft_wrap=True)
     selection = SelectionConfig.from_dict({**clf.selection.to_dict(), "method": method}) if method else None
-    records: list[dict] = []
+    by_id: dict[str, dict] = {}
     ids = folder.ids
     for start in track(range(0, len(ids), batch_size), description=f"predicting {len(ids)} samples", console=console):
         chunk = ids[start : start + batch_size]
         batch, errors = folder.load(chunk)
+        batch.preprocessed = inputs == "model"
         ok = [i for i, sid in enumerate(chunk) if sid not in errors]
         if ok:
             try:
                 preds = [(ok, clf.predict(batch.index(ok), selection))]
             except DataError:
-                # One bad sample (e.g. an empty cell in an observed table row) must not fail the
-                # others: predict this chunk sample by sample and mark only the bad ones.
+                # One bad sample must not fail the others: predict this chunk sample by sample
+                # and mark only the bad ones.
                 preds = []
                 for i in ok:
                     try:
@@ -187,17 +228,16 @@ def predict_cmd(
                         errors[chunk[i]] = re.sub(r"\bsample 0\b", "this sample", str(e))
             for idx, pred in preds:
                 for rec in pred.to_records([chunk[i] for i in idx]):
-                    records.append({**rec, "status": "ok"})
+                    by_id[rec["sample"]] = {**rec, "status": "ok"}
         for sid, msg in errors.items():
-            records.append({"sample": sid, "status": "error", "error": msg})
-    order = {sid: i for i, sid in enumerate(ids)}
-    records.sort(key=lambda r: order[r["sample"]])
+            by_id[sid] = {"sample": sid, "status": "error", "error": msg}
+    records = [by_id[sid] for sid in ids]  # input order, one row per sample
     if out.suffix.lower() == ".json":
         with atomic_write(out) as f:
             json.dump(records, f, indent=1)
     else:
         buf = io.StringIO()
-        cols = ["sample", "status", "predicted_class", *[f"p_{c}" for c in clf.class_names], "observed", "recovered", "used", "steps", "error"]
+        cols = [*PREDICTIONS_HEADER.split(","), *[f"p_{c}" for c in clf.class_names], "observed", "recovered", "used", "steps", "error"]
         w = csv.DictWriter(buf, fieldnames=cols)
         w.writeheader()
         for r in records:
@@ -222,17 +262,20 @@ def bundle_cmd(
     recovery: Path = typer.Option(..., help="Recovery run folder."),
     out: Path = typer.Option(..., help="Bundle folder to write."),
     method: str = typer.Option("dymo", help="Default selection method of the bundle."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle (never anything else)."),
 ) -> None:
     """Assemble a model bundle (backbone + calibration + recoverer + selection config) for `dymo predict`."""
     from dymo.inference.classifier import DyMoClassifier
     from dymo.selection.selector import SelectionConfig
+    from dymo.utils.artifact import check_output
 
-    clf = DyMoClassifier.from_run(run, recovery, SelectionConfig(method=method))  # type: ignore[arg-type]
+    check_output(out, "bundle", force=force, inputs=[run, recovery])  # before any work
+    clf = DyMoClassifier.from_run(run, recovery, SelectionConfig.from_dict({"method": method}))
     tuned = clf.calibration.threshold
     if tuned is not None and Path(tuned.recoverer).resolve() != recovery.resolve():
         console.print(
             f"[yellow]warning:[/] the calibration's acceptance threshold was tuned for {tuned.recoverer}, not {recovery}; "
             f"rerun `dymo calibrate {run} --tune-threshold --recovery {recovery} --reuse-statistics`"
         )
-    clf.save_pretrained(out)
+    clf.save_pretrained(out, force=force, inputs=[run, recovery])
     console.print(f"[green]bundle[/] written to {out}")

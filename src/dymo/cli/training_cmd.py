@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 
 from dymo.cli.common import console, friendly_errors
-from dymo.cli.main import train_app
+
+train_app = typer.Typer()  # `dymo train backbone`, added under `train` by dymo.cli.main
 
 
 def quiet_lightning() -> None:
@@ -60,13 +61,15 @@ def train_backbone_cmd(
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp."),
     num_nodes: int = typer.Option(1),
     precision: str = typer.Option("32-true", help="Lightning precision, e.g. bf16-mixed."),
-    resume: bool = typer.Option(False, help="Resume from the run folder's last checkpoint."),
+    resume: bool = typer.Option(False, help="Resume from the run folder's last checkpoint (same data and config)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing backbone run in --out (never anything else)."),
     tensorboard: bool = typer.Option(False, help="Also log to TensorBoard (needs tensorboard installed)."),
 ) -> None:
     """Train the flexible backbone (K random modality subsets per batch, prototype loss)."""
     from dymo.data.registry import open_dataset
+    from dymo.errors import ConfigError
     from dymo.models.backbone import BackboneConfig
-    from dymo.training.run import TrainConfig, train_backbone
+    from dymo.training.run import TrainConfig, check_trainer_options, train_backbone
     from dymo.utils.io import read_json
 
     quiet_lightning()
@@ -78,12 +81,15 @@ def train_backbone_cmd(
             "max_train_samples": max_train_samples, "seed": seed, **overrides.get("train", {}),
         }
     )
+    if resume and force:
+        raise ConfigError("--resume and --force: choose one (continue the run, or replace it)")
+    dev: int | str = int(devices) if devices.isdigit() else devices
+    check_trainer_options(accelerator, dev, strategy, num_nodes, precision)  # before anything is written
     dataset = open_dataset(data)
     out = out or Path("runs") / f"backbone-{dataset.name}-{metric}"
-    dev: int | str = int(devices) if devices.isdigit() else devices
     run = train_backbone(
         dataset, out, bcfg, tcfg, data_ref={"name": data}, accelerator=accelerator, devices=dev,
-        strategy=strategy, num_nodes=num_nodes, precision=precision, resume=resume, tensorboard=tensorboard,
+        strategy=strategy, num_nodes=num_nodes, precision=precision, resume=resume, force=force, tensorboard=tensorboard,
     )
     metrics_path = run / "metrics.json"
     if metrics_path.exists():

@@ -5,12 +5,23 @@ A batch is a dict of modality tensors keyed by modality name (leading batch dim)
 ``modalities[i]``) and optional labels. Anything that claims not to read missing modalities
 must give the same result when their slots hold NaN: :meth:`MultimodalBatch.with_missing_filled`
 makes that easy to test.
+
+The contract has one of each tool, and every component uses these:
+
+- one validator, :meth:`MultimodalBatch.validate` (at the door of the backbone's users,
+  recoverers, baselines and ``predict``): names, shapes, dtypes, finite observed values;
+- one poison, :meth:`MultimodalBatch.with_missing_filled`: NaN (text: -1) in missing slots, so
+  that a component that reads them by mistake is caught;
+- one zeroing primitive, :func:`zero_missing` (batch form :meth:`MultimodalBatch.with_missing_zeroed`):
+  missing rows replaced by zeros (text: padding id 0) just before a network reads the tensor;
+  and :func:`zero_nan_values` for NaN *entries* of partly missing tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -24,9 +35,15 @@ class MultimodalBatch:
     observed: torch.Tensor  # bool [B, M]
     modalities: tuple[str, ...]
     labels: torch.Tensor | None = None
+    #: True when ``data`` already holds model inputs (a built dataset's stored, preprocessed
+    #: values); False (the default) when it holds raw values, which ``DyMoClassifier.predict``
+    #: preprocesses with the model's specs (see ``docs/inputs.md``).
+    preprocessed: bool = False
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
+        if not isinstance(self.observed, torch.Tensor):  # a numpy array or nested lists
+            self.observed = torch.as_tensor(self.observed)
         if self.observed.dtype != torch.bool:
             self.observed = self.observed.bool()
 
@@ -43,6 +60,7 @@ class MultimodalBatch:
             observed=self.observed.to(device),
             modalities=self.modalities,
             labels=None if self.labels is None else self.labels.to(device),
+            preprocessed=self.preprocessed,
         )
 
     def index(self, idx: torch.Tensor | slice | Sequence[int]) -> MultimodalBatch:
@@ -53,6 +71,7 @@ class MultimodalBatch:
             observed=self.observed[idx],
             modalities=self.modalities,
             labels=None if self.labels is None else self.labels[idx],
+            preprocessed=self.preprocessed,
         )
 
     def with_observed(self, observed: torch.Tensor) -> MultimodalBatch:
@@ -71,22 +90,43 @@ class MultimodalBatch:
             data[name] = x
         return replace(self, data=data)
 
-    def validate(self, specs: Sequence[ModalitySpec], num_classes: int | None = None) -> None:
-        """Raise :class:`DataError` naming the sample/modality at fault."""
-        names = [s.name for s in specs]
-        unknown = [k for k in self.data if k not in names]
-        if unknown:
-            raise DataError(f"unknown modality name(s) {unknown}; this model knows {names}")
-        if tuple(names) != self.modalities:
-            raise DataError(f"batch modalities {list(self.modalities)} do not match specs {names}")
+    def with_missing_zeroed(self) -> MultimodalBatch:
+        """A copy whose missing slots hold zeros (text: padding id 0), whatever they held before.
+        A modality with no missing sample keeps its tensor object."""
+        data = {}
+        for i, name in enumerate(self.modalities):
+            x, keep = self.data[name], self.observed[:, i]
+            data[name] = x if bool(keep.all()) else zero_missing(x, keep)
+        return replace(self, data=data)
+
+    def validate(
+        self,
+        specs: Sequence[ModalitySpec],
+        num_classes: int | None = None,
+        *,
+        who: str | None = None,
+        nan_values: bool = False,
+        need_observed: str | None = None,
+    ) -> None:
+        """Raise :class:`DataError` naming the sample/modality at fault (prefixed ``who: ``).
+
+        ``nan_values``: NaN entries of observed *vector* modalities are accepted (partly missing
+        tables, for components that impute them); Inf never is. ``need_observed``: every sample
+        must have an observed modality, and the message gives this reason.
+        """
+        try:
+            self._validate(specs, num_classes, nan_values, need_observed)
+        except DataError as e:
+            if who:
+                raise DataError(f"{who}: {e}") from None
+            raise
+
+    def _validate(
+        self, specs: Sequence[ModalitySpec], num_classes: int | None, nan_values: bool, need_observed: str | None
+    ) -> None:
+        check_layout(self.data, self.modalities, self.observed, specs)
         b = len(self)
-        if self.observed.ndim != 2 or self.observed.shape[1] != len(specs):
-            raise DataError(
-                f"observed mask has shape {tuple(self.observed.shape)}; expected ({b}, {len(specs)})"
-            )
         for i, spec in enumerate(specs):
-            if spec.name not in self.data:
-                raise DataError(f"modality {spec.name!r} is missing from the batch data dict")
             x = self.data[spec.name]
             if tuple(x.shape) != (b, *spec.shape):
                 raise DataError(
@@ -99,13 +139,55 @@ class MultimodalBatch:
                 raise DataError(f"modality {spec.name!r} needs a floating dtype, got {x.dtype}")
             obs = self.observed[:, i]
             if obs.any() and x.is_floating_point():
-                bad = ~torch.isfinite(x[obs].reshape(int(obs.sum()), -1)).all(dim=1)
+                vals = x[obs].reshape(int(obs.sum()), -1)
+                ok = ~torch.isinf(vals) if (nan_values and spec.kind == "vector") else torch.isfinite(vals)
+                bad = ~ok.all(dim=1)
                 if bad.any():
                     sample = int(torch.nonzero(obs).flatten()[torch.nonzero(bad).flatten()[0]])
                     raise DataError(f"sample {sample}: observed modality {spec.name!r} holds NaN or Inf")
+        if need_observed is not None:
+            empty = ~self.observed.any(dim=1)
+            if bool(empty.any()):
+                i = int(torch.nonzero(empty).flatten()[0])
+                raise DataError(f"sample {i} has no observed modality; {need_observed}")
         if self.labels is not None and num_classes is not None:
             lab = self.labels
             bad = (lab < 0) | (lab >= num_classes)
             if bad.any():
                 i = int(torch.nonzero(bad).flatten()[0])
                 raise DataError(f"sample {i}: label {int(lab[i])} outside [0, {num_classes})")
+
+
+def check_layout(
+    data: Mapping[str, Any], modalities: Sequence[str], observed: torch.Tensor, specs: Sequence[ModalitySpec]
+) -> None:
+    """The structure every batch must have for ``specs`` (the part of the validator shared with
+    ``dymo.data.kinds.prepare_batch``, which then converts a user's arrays): no unknown modality
+    name, the specs' modalities in their order, an ``observed`` mask ``[B, M]``, a tensor for every
+    modality. Raises :class:`DataError` naming what is wrong."""
+    names = [s.name for s in specs]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise DataError(f"unknown modality name(s) {unknown}; this model knows {names}")
+    if tuple(names) != tuple(modalities):
+        raise DataError(f"batch modalities {list(modalities)} do not match specs {names}")
+    b = int(observed.shape[0]) if observed.ndim >= 1 else 0
+    if observed.ndim != 2 or observed.shape[1] != len(specs):
+        raise DataError(f"observed mask has shape {tuple(observed.shape)}; expected ({b}, {len(specs)})")
+    for spec in specs:
+        if spec.name not in data:
+            raise DataError(f"modality {spec.name!r} is missing from the batch data dict")
+
+
+def zero_missing(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``x`` with the rows where ``keep`` (bool ``[B]``) is False replaced by zeros (text:
+    padding id 0): what a network reads in place of a missing modality, so that NaN or garbage
+    there never reaches its output or its gradients."""
+    keep = keep.view(-1, *([1] * (x.ndim - 1)))
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def zero_nan_values(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with NaN entries (missing values of a partly missing table) set to 0; integer
+    tensors unchanged."""
+    return torch.nan_to_num(x, nan=0.0) if x.is_floating_point() else x

@@ -40,6 +40,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
+from dymo.data.entry import BuildResult, DatasetEntry
 from dymo.data.mst import MOPOE_ALPHABET, encode_text, read_alphabet
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
@@ -268,3 +269,23 @@ def read_celeba(config: CelebAConfig | None = None, progress: Progress | None = 
         log.info("celeba %s: %d images, %.1f%% %s", split, len(labels), 100 * labels.mean(), cfg.label)
     info = {"dataset": "celeba", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
     return SplitDataset("celeba", specs, [f"not {cfg.label}", cfg.label], splits, info)
+
+
+# -- registry entries ------------------------------------------------------------------------
+
+
+def _build_entry(cfg: CelebAConfig, progress: Progress | None) -> BuildResult:
+    return BuildResult(read_celeba(cfg, progress), {})
+
+
+DATASETS = (
+    DatasetEntry(
+        "celeba",
+        "CelebA image + attribute text, MoPoE layout (needs --source PATH)",
+        CelebAConfig,
+        {},
+        BUILDER_VERSION,
+        _build_entry,
+        external=True,
+    ),
+)

@@ -5,6 +5,8 @@ On disk a built dataset is a folder::
     meta.json               {"name", "format": 1, "specs": [...], "class_names": [...], "splits": {...}}
     <split>/labels.npy      int64 [N]
     <split>/<modality>.npy  one array per modality, leading dim N (uint8 images stay uint8)
+    <split>/observed.npy    bool [N, M], only when some sample of the split misses a modality
+                            (a missing slot's array row holds zeros and is never read)
 
 Arrays are opened memory-mapped, so building a batch reads only its rows.
 """
@@ -101,6 +103,7 @@ class MultimodalDataset(Dataset):
             observed=torch.from_numpy(self.observed[idx].copy()),
             modalities=self.modalities,
             labels=torch.from_numpy(self.labels[idx].astype(np.int64)),
+            preprocessed=True,  # the stored arrays are the dataset's preprocessed values
         )
 
     def __getitems__(self, indices: list[int]) -> MultimodalBatch:
@@ -183,6 +186,11 @@ class SplitDataset:
             for s in self.specs:
                 save_npy(root / split / f"{s.name}.npy", np.asarray(ds.arrays[s.name]))
             save_npy(root / split / "labels.npy", ds.labels.astype(np.int64))
+            observed_path = root / split / "observed.npy"
+            if ds.observed.all():
+                observed_path.unlink(missing_ok=True)
+            else:
+                save_npy(observed_path, ds.observed.astype(bool))
         # meta.json last: its presence marks a complete build.
         meta = {
             "format": FORMAT_VERSION,
@@ -206,16 +214,31 @@ class SplitDataset:
             meta = read_json(meta_path)
         except ValueError as e:
             raise DataError(f"{meta_path}: corrupt JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; not a dymo dataset description")
         if meta.get("format") != FORMAT_VERSION:
             raise DataError(f"{meta_path}: dataset format {meta.get('format')!r}, this dymo reads {FORMAT_VERSION}")
-        specs = specs_from_list(meta["specs"])
+        for key, typ in (("name", str), ("specs", list), ("class_names", list), ("splits", dict)):
+            if not isinstance(meta.get(key), typ):
+                raise DataError(f"{meta_path}: key {key!r} missing or not a JSON {typ.__name__.replace('str', 'string')}")
+        try:
+            specs = specs_from_list(meta["specs"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{meta_path}: malformed 'specs' ({e})") from None
         splits = {}
         for split, n in meta["splits"].items():
             arrays = {s.name: _load_npy(root / split / f"{s.name}.npy", mmap) for s in specs}
             labels = _load_npy(root / split / "labels.npy", False)
             if len(labels) != n:
                 raise DataError(f"{root / split / 'labels.npy'}: {len(labels)} rows, meta.json says {n}")
-            splits[split] = MultimodalDataset(specs, arrays, labels, meta["class_names"], name=f"{meta['name']}/{split}")
+            observed = None
+            if (root / split / "observed.npy").exists():
+                observed = _load_npy(root / split / "observed.npy", False)
+                if observed.dtype != np.bool_:
+                    raise DataError(f"{root / split / 'observed.npy'}: dtype {observed.dtype}, expected bool")
+            splits[split] = MultimodalDataset(
+                specs, arrays, labels, meta["class_names"], observed, name=f"{meta['name']}/{split}"
+            )
         return cls(meta["name"], specs, list(meta["class_names"]), splits, meta.get("build"))
 
 

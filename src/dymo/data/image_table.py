@@ -43,6 +43,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
+from dymo.data.entry import BuildResult, DatasetEntry, done
 from dymo.data.mfeat import CLASS_NAMES as MFEAT_CLASSES
 from dymo.data.mfeat import VIEWS, MFeatConfig, _stratified_split, mfeat_dir, read_view
 from dymo.data.mst import torch_load
@@ -367,3 +368,37 @@ def build_mfeat_image_table(config: MFeatConfig | None = None, folder: Path | No
         splits[split] = MultimodalDataset(specs, arrays, labels[idx], MFEAT_CLASSES, name=f"mfeat-image-table/{split}")
     info = {"dataset": "mfeat-image-table", "builder_version": MFEAT_IMAGE_TABLE_VERSION, "config": cfg.to_dict()}
     return SplitDataset("mfeat-image-table", specs, list(MFEAT_CLASSES), splits, info)
+
+
+# -- registry entries ------------------------------------------------------------------------
+
+
+def _build_image_table(cfg: ImageTableConfig, progress: Progress | None) -> BuildResult:
+    return BuildResult(read_image_table(cfg, progress), {})
+
+
+def _build_mfeat_image_table(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
+    ds = build_mfeat_image_table(cfg)
+    done(progress)
+    return BuildResult(ds, {})
+
+
+DATASETS = (
+    DatasetEntry(
+        "mfeat-image-table",
+        "UCI Multiple Features: the 16x15 pixel image + the other five views as one table, 60/20/20",
+        MFeatConfig,
+        {},
+        MFEAT_IMAGE_TABLE_VERSION,
+        _build_mfeat_image_table,
+    ),
+    DatasetEntry(
+        "image-table",
+        "image + table in the TIP/DVM layout (needs --source PATH)",
+        ImageTableConfig,
+        {},
+        BUILDER_VERSION,
+        _build_image_table,
+        external=True,
+    ),
+)

@@ -20,6 +20,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
+from dymo.data.entry import BuildResult, DatasetEntry, Progress, done
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -143,3 +144,24 @@ def build_mfeat(config: MFeatConfig | None = None, folder: Path | None = None) -
         splits,
         {"dataset": "mfeat", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()},
     )
+
+
+# -- registry entries ------------------------------------------------------------------------
+
+
+def _build_entry(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
+    ds = build_mfeat(cfg)
+    done(progress)
+    return BuildResult(ds, {})
+
+
+DATASETS = (
+    DatasetEntry(
+        "mfeat",
+        "UCI Multiple Features, 2,000 digits, 6 vector views, 60/20/20 split",
+        MFeatConfig,
+        {},
+        BUILDER_VERSION,
+        _build_entry,
+    ),
+)

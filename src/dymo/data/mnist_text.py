@@ -22,8 +22,11 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
+from dymo.data.entry import BuildResult, DatasetEntry, Progress, done
 from dymo.data.mst import CLASS_NAMES, MST_TEXT_LENGTH, TEXT_VOCAB_SIZE, digit_texts, encode_text
-from dymo.data.polymnist import mnist_file
+from dymo.data.polymnist import BUILDER_VERSION as POLYMNIST_VERSION
+from dymo.data.polymnist import PolyMNISTConfig, mnist_file
+from dymo.data.polymnist import _build_entry as build_polymnist_entry
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -123,3 +126,37 @@ def add_digit_text(dataset: SplitDataset, seed: int = 0, text_length: int = MST_
         text = encode_text(digit_texts(ds.labels, text_length, np.random.default_rng(seed_seq)), text_length)
         splits[split] = MultimodalDataset(specs, {**ds.arrays, "text": text}, ds.labels, CLASS_NAMES, name=f"{name}/{split}")
     return SplitDataset(name, specs, list(CLASS_NAMES), splits, dataset.build_info)
+
+
+# -- registry entries ------------------------------------------------------------------------
+
+
+def _build_entry(cfg: MNISTTextConfig, progress: Progress | None) -> BuildResult:
+    ds = build_mnist_text(cfg)
+    done(progress)
+    return BuildResult(ds, {})
+
+
+def _build_polytext(cfg: PolyMNISTConfig, progress: Progress | None) -> BuildResult:
+    result = build_polymnist_entry(cfg, progress)
+    return BuildResult(add_digit_text(result.dataset, cfg.seed, name="mnist-polytext"), result.extras)
+
+
+DATASETS = (
+    DatasetEntry(
+        "mnist-text",
+        "MNIST digit (grey 28x28) + its name as MoPoE text, 50k/10k/10k from the bundled MNIST copy",
+        MNISTTextConfig,
+        {},
+        BUILDER_VERSION,
+        _build_entry,
+    ),
+    DatasetEntry(
+        "mnist-polytext",
+        "PolyMNIST's 5 image modalities + the digit's name as MoPoE text (6 modalities), 60k/3k/7k",
+        PolyMNISTConfig,
+        {},
+        POLYMNIST_VERSION,
+        _build_polytext,
+    ),
+)

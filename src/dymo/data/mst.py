@@ -44,6 +44,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
+from dymo.data.entry import BuildResult, DatasetEntry
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -378,3 +379,23 @@ def read_mst(config: MSTConfig | None = None, progress: Progress | None = None, 
         log.info("mst %s: %d pairs (from %s)", split, len(labels), src)
     info = {"dataset": "mst", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
     return SplitDataset("mst", specs, list(CLASS_NAMES), splits, info)
+
+
+# -- registry entries ------------------------------------------------------------------------
+
+
+def _build_entry(cfg: MSTConfig, progress: Progress | None) -> BuildResult:
+    return BuildResult(read_mst(cfg, progress), {})
+
+
+DATASETS = (
+    DatasetEntry(
+        "mst",
+        "MNIST-SVHN-Text from the published MoPoE files (needs --source PATH)",
+        MSTConfig,
+        {},
+        BUILDER_VERSION,
+        _build_entry,
+        external=True,
+    ),
+)

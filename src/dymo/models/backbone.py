@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dymo.config import Config
+from dymo.data.batch import zero_missing
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 from dymo.models.encoders import build_encoder
@@ -112,8 +113,7 @@ class FlexibleBackbone(nn.Module):
                 raise DataError(f"encode: no tensor for modality {spec.name!r}")
             x = data[spec.name]
             if available is not None:
-                keep = available[:, i].view(-1, *([1] * (x.ndim - 1)))
-                x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+                x = zero_missing(x, available[:, i])
             t = self.encoders[spec.name](x)
             tokens.append(t + self.modality_embed[i])
         return torch.cat(tokens, dim=1) + self.pos_embed

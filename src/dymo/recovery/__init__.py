@@ -10,7 +10,6 @@ from dymo.recovery.base import (
     TrainingData,
     group_by_pattern,
     merge_recovered,
-    sanitize_missing,
 )
 from dymo.recovery.registry import RECOVERERS, get_recoverer, load_recoverer, recoverer_class
 
@@ -24,5 +23,4 @@ __all__ = [
     "load_recoverer",
     "merge_recovered",
     "recoverer_class",
-    "sanitize_missing",
 ]

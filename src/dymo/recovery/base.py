@@ -1,6 +1,7 @@
 """The recovery protocol: fill every missing modality from the observed ones.
 
-A :class:`Recoverer` is fitted once on a complete training set and then frozen. Its one
+A :class:`Recoverer` is fitted once on a training set (which may miss modalities; each
+recoverer says how it uses such samples) and then frozen. Its one
 inference method, :meth:`Recoverer.recover`, takes a :class:`~dymo.data.batch.MultimodalBatch`
 in which every sample may miss a different set of modalities and returns a batch in which
 
@@ -12,7 +13,7 @@ in which every sample may miss a different set of modalities and returns a batch
   experiment-only wrappers that say so).
 
 What a missing slot held on input must not influence the output: the base class replaces
-missing slots with zeros (:func:`sanitize_missing`) *before* a subclass sees the batch. The one
+missing slots with zeros (:meth:`~dymo.data.batch.MultimodalBatch.with_missing_zeroed`) *before* a subclass sees the batch. The one
 exception is :class:`~dymo.recovery.oracle.OracleRecoverer` (``reads_missing = True``), an
 experiment-only control that returns the true data.
 
@@ -37,17 +38,22 @@ to ``config.json``) and ``config_class`` (a :class:`RecovererConfig` dataclass),
 
 On disk a fitted recoverer is a folder::
 
-    config.json          {"format": 1, "kind": name, "config": {...}, "specs": [...],
-                          "class_names": [...], "extra": {...}}
+    config.json          {"format": 1, "artifact": "recoverer", "kind": name, "dymo_version": ...,
+                          "config": {...}, "specs": [...], "class_names": [...],
+                          "made_from": {"data_fingerprint": ...}, "extra": {...}}
     weights.safetensors  state() (absent when state() is empty)
+    train_data/          (self-contained saves, e.g. in a bundle) the training rows it returns
 
-``config.json`` is written last, so its presence marks a complete save. No pickles.
+``config.json`` (the manifest, see :mod:`dymo.utils.artifact`) is written last, so its presence
+marks a complete save. No pickles.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextvars
+import logging
 import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -62,9 +68,19 @@ from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.utils.io import load_tensors, read_json, save_tensors, write_json
+from dymo.utils.artifact import (
+    array_fingerprint,
+    check_output,
+    component_manifest,
+    dataset_fingerprint,
+    load_weights,
+    read_manifest,
+)
+from dymo.utils.io import load_tensors, save_tensors, write_json
 
 FORMAT_VERSION = 1
+#: Set while a recoverer is saved self-contained: TrainingData copies its files in.
+_SELF_CONTAINED: contextvars.ContextVar[bool] = contextvars.ContextVar("dymo_self_contained_save", default=False)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -106,6 +122,8 @@ class Recoverer(ABC):
         self.specs: list[ModalitySpec] = []
         self.class_names: list[str] = []
         self.fitted = False
+        #: what it was fitted on (the training data's fingerprint), recorded in its config.json
+        self.made_from: dict[str, Any] = {}
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -122,11 +140,16 @@ class Recoverer(ABC):
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self: R, train: MultimodalDataset, progress: bool = True) -> R:
-        """Fit on a complete training set (labels may be used at training time). Returns self."""
+        """Fit on a training set (labels may be used at training time). Returns self.
+
+        A sample may miss modalities (``train.observed``); each recoverer documents how it
+        uses such samples (docs/data.md, "Incomplete training data").
+        """
         if not isinstance(train, MultimodalDataset):
             raise DataError(f"{self.name}: fit needs a MultimodalDataset, got {type(train).__name__}")
         self.specs = list(train.specs)
         self.class_names = list(train.class_names)
+        self.made_from = {"data_fingerprint": dataset_fingerprint(train)}
         self._fit(train, progress)
         self.fitted = True
         return self
@@ -141,7 +164,7 @@ class Recoverer(ABC):
         self.check_batch(batch)
         if bool(batch.observed.all()) and not self._has_missing_values(batch):
             return replace(batch, data=dict(batch.data))
-        clean = batch if self.reads_missing else sanitize_missing(batch)
+        clean = batch if self.reads_missing else batch.with_missing_zeroed()
         with torch.no_grad():
             filled = self._recover_missing(clean)
         return merge_recovered(batch, filled)
@@ -157,47 +180,12 @@ class Recoverer(ABC):
         return self
 
     def check_batch(self, batch: MultimodalBatch) -> None:
-        """Raise :class:`DataError` naming the sample/modality if ``batch`` does not fit."""
-        if batch.modalities != self.modalities:
-            raise DataError(
-                f"{self.name}: batch modalities {list(batch.modalities)} do not match the "
-                f"recoverer's {list(self.modalities)}"
-            )
-        b = len(batch)
-        if tuple(batch.observed.shape) != (b, len(self.specs)):
-            raise DataError(
-                f"{self.name}: observed mask has shape {tuple(batch.observed.shape)}, "
-                f"expected {(b, len(self.specs))}"
-            )
-        for i, spec in enumerate(self.specs):
-            if spec.name not in batch.data:
-                raise DataError(f"{self.name}: modality {spec.name!r} is absent from the batch data dict")
-            x = batch.data[spec.name]
-            if tuple(x.shape) != (b, *spec.shape):
-                raise DataError(
-                    f"{self.name}: modality {spec.name!r} has shape {tuple(x.shape)}, expected {(b, *spec.shape)}"
-                )
-            if spec.kind == "text" and x.is_floating_point():
-                raise DataError(f"{self.name}: text modality {spec.name!r} needs integer token ids, got {x.dtype}")
-            if spec.kind != "text" and not x.is_floating_point():
-                raise DataError(f"{self.name}: modality {spec.name!r} needs a floating dtype, got {x.dtype}")
-            obs = batch.observed[:, i]
-            if x.is_floating_point() and obs.any():
-                vals = x[obs].reshape(int(obs.sum()), -1)
-                ok = ~torch.isinf(vals) if (self.allows_missing_values and spec.kind == "vector") else torch.isfinite(vals)
-                bad = ~ok.all(dim=1)
-                if bad.any():
-                    sample = int(torch.nonzero(obs).flatten()[torch.nonzero(bad).flatten()[0]])
-                    raise DataError(
-                        f"{self.name}: sample {sample}: observed modality {spec.name!r} holds NaN or Inf"
-                    )
-        if not self.allows_empty:
-            empty = ~batch.observed.any(dim=1)
-            if empty.any():
-                i = int(torch.nonzero(empty).flatten()[0])
-                raise DataError(
-                    f"{self.name}: sample {i} has no observed modality; recovery needs at least one"
-                )
+        """Raise :class:`DataError` naming the sample/modality if ``batch`` does not fit (the
+        batch contract's one validator)."""
+        batch.validate(
+            self.specs, who=self.name, nan_values=self.allows_missing_values,
+            need_observed=None if self.allows_empty else "recovery needs at least one",
+        )
 
     def _has_missing_values(self, batch: MultimodalBatch) -> bool:
         if not self.allows_missing_values:
@@ -225,27 +213,33 @@ class Recoverer(ABC):
         if kwargs:
             raise ConfigError(f"{self.name}: load() got unexpected arguments {sorted(kwargs)}")
 
-    def save(self, path_dir: str | os.PathLike) -> Path:
-        """Write the fitted recoverer to a folder (config.json + weights.safetensors)."""
+    def save(self, path_dir: str | os.PathLike, self_contained: bool = False) -> Path:
+        """Write the fitted recoverer to a folder (config.json + weights.safetensors).
+
+        ``path_dir`` must be new, empty or a saved recoverer (an OutputError otherwise: a backbone
+        run or a user's folder is never written into). ``self_contained``: copy the training rows
+        a recoverer returns into the folder instead of referencing the dataset's files, so the
+        folder works wherever it is copied (bundles)."""
         self._check_fitted()
         path = Path(path_dir)
+        check_output(path, "recoverer", replace=True, option="recoverer folder")
         path.mkdir(parents=True, exist_ok=True)
         tensors = self.state()
-        extra = self.extra_state(path)
+        token = _SELF_CONTAINED.set(self_contained)
+        try:
+            extra = self.extra_state(path)
+        finally:
+            _SELF_CONTAINED.reset(token)
         if tensors:
             save_tensors(path / WEIGHTS_FILE, tensors, metadata={"kind": self.name})
         elif (path / WEIGHTS_FILE).exists():
             (path / WEIGHTS_FILE).unlink()
         write_json(
             path / CONFIG_FILE,
-            {
-                "format": FORMAT_VERSION,
-                "kind": self.name,
-                "config": self.config.to_dict(),
-                "specs": specs_to_list(self.specs),
-                "class_names": list(self.class_names),
-                "extra": extra,
-            },
+            component_manifest(
+                "recoverer", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
+                class_names=list(self.class_names), made_from=self.made_from, extra=extra,
+            ),
         )
         return path
 
@@ -268,13 +262,9 @@ class Recoverer(ABC):
         obj = cls(config=config)
         obj.specs = specs_from_list(meta["specs"])
         obj.class_names = list(meta.get("class_names", []))
-        tensors: dict[str, torch.Tensor] = {}
+        obj.made_from = dict(meta.get("made_from") or {})
         wpath = path / WEIGHTS_FILE
-        if wpath.exists():
-            try:
-                tensors = load_tensors(wpath)
-            except Exception as e:  # safetensors raises its own error types
-                raise BundleError(f"{wpath}: truncated or corrupt weights ({e})") from None
+        tensors: dict[str, torch.Tensor] = load_weights(wpath) if wpath.exists() else {}
         if train is not None and cls.uses_training_data:
             kwargs["train"] = train
         obj._load_state(tensors, meta.get("extra", {}), path, **kwargs)
@@ -283,20 +273,8 @@ class Recoverer(ABC):
 
 
 def read_recoverer_meta(path: Path) -> dict[str, Any]:
-    """Read and check a recoverer folder's ``config.json`` (format, kind present)."""
-    cfg = Path(path) / CONFIG_FILE
-    if not cfg.exists():
-        raise BundleError(f"{path}: no {CONFIG_FILE}; not a saved recoverer (or its save did not finish)")
-    try:
-        meta = read_json(cfg)
-    except ValueError as e:
-        raise BundleError(f"{cfg}: corrupt JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise BundleError(f"{cfg}: recoverer format {meta.get('format') if isinstance(meta, dict) else None!r}, this dymo reads {FORMAT_VERSION}")
-    for key in ("kind", "config", "specs"):
-        if key not in meta:
-            raise BundleError(f"{cfg}: key {key!r} missing")
-    return meta
+    """Read and check a recoverer folder's ``config.json`` (see :func:`dymo.utils.artifact.read_manifest`)."""
+    return read_manifest(path, "recoverer", required={"kind": str, "config": dict, "specs": list})
 
 
 def require_complete(train: MultimodalDataset, who: str, why: str) -> None:
@@ -309,6 +287,20 @@ def require_complete(train: MultimodalDataset, who: str, why: str) -> None:
         )
 
 
+def complete_rows(train: MultimodalDataset, who: str, why: str) -> MultimodalDataset:
+    """``train`` itself when complete, else its samples that observe every modality (logged as
+    a warning naming how many were set aside); ``DataError`` when no sample is complete."""
+    if train.observed.all():
+        return train
+    keep = np.nonzero(train.observed.all(axis=1))[0]
+    if len(keep) == 0:
+        raise DataError(f"{who}: {why}, and no sample of training set {train.name or '(unnamed)'} observes every modality")
+    logging.getLogger("dymo.recovery").warning(
+        "%s: %s; training on the %d of %d training samples that observe every modality", who, why, len(keep), len(train)
+    )
+    return train.subset(keep)
+
+
 def require_weights(tensors: Mapping[str, torch.Tensor], keys: Sequence[str], path: Path) -> None:
     """Raise :class:`BundleError` naming the file if a weight is absent."""
     absent = [k for k in keys if k not in tensors]
@@ -317,22 +309,6 @@ def require_weights(tensors: Mapping[str, torch.Tensor], keys: Sequence[str], pa
 
 
 # -- batch helpers -------------------------------------------------------------------------
-
-def sanitize_missing(batch: MultimodalBatch) -> MultimodalBatch:
-    """A batch whose missing slots hold zeros (text: padding id 0), whatever they held before.
-
-    Modalities with no missing sample keep their tensor object; others are cloned.
-    """
-    data = {}
-    for i, name in enumerate(batch.modalities):
-        x = batch.data[name]
-        missing = ~batch.observed[:, i]
-        if missing.any():
-            x = x.clone()
-            x[missing] = 0
-        data[name] = x
-    return replace(batch, data=data)
-
 
 def merge_recovered(batch: MultimodalBatch, filled: Mapping[str, torch.Tensor]) -> MultimodalBatch:
     """Write ``filled[name]`` into the *missing* slots of ``batch`` only.
@@ -404,12 +380,7 @@ class TrainingData:
 
     @staticmethod
     def fingerprint(array: np.ndarray) -> str:
-        n = len(array)
-        rows = np.unique(np.linspace(0, n - 1, num=min(n, 1024)).round().astype(np.int64))
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{array.shape}|{np.dtype(array.dtype).str}".encode())
-        h.update(np.ascontiguousarray(np.asarray(array[rows])).tobytes())
-        return h.hexdigest()
+        return array_fingerprint(array)
 
     @staticmethod
     def _file_of(array: np.ndarray) -> Path | None:
@@ -455,7 +426,14 @@ class TrainingData:
                 "fingerprint": self.fingerprint(arr),
             }
             f = self._file_of(arr)
-            if f is not None:
+            if f is not None and _SELF_CONTAINED.get():
+                # A copy travels with the folder (bundles); referenced relative to the folder.
+                local = path / "train_data" / f"{s.name}.npy"
+                local.parent.mkdir(parents=True, exist_ok=True)
+                if not local.exists() or local.resolve() != f:
+                    shutil.copyfile(f, local)
+                entry["file"] = local.relative_to(path).as_posix()
+            elif f is not None:
                 entry["file"] = os.path.relpath(f, path.resolve())
             else:
                 embedded[s.name] = torch.from_numpy(np.ascontiguousarray(np.asarray(arr)))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -30,12 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dymo.config import Config
-from dymo.data.batch import MultimodalBatch
+from dymo.data.batch import MultimodalBatch, zero_nan_values
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
-from dymo.utils.io import atomic_write, load_tensors, read_json, save_tensors, write_json
+from dymo.training.engine import FitConfig, fit_module
+from dymo.utils.artifact import component_manifest, load_weights, read_manifest
+from dymo.utils.io import atomic_write, save_tensors, write_json
+from dymo.utils.progress import progress_bar
 
 log = logging.getLogger("dymo.recovery")
 
@@ -158,39 +160,62 @@ class UnimodalClassifier(nn.Module):
 
     # -- training --------------------------------------------------------------------------
     def fit(self, train: MultimodalDataset, progress: bool = True, description: str = "unimodal classifiers") -> UnimodalClassifier:
-        """Train every modality's classifier jointly (sum of per-modality cross-entropies)."""
+        """Train every modality's classifier jointly (sum of per-modality cross-entropies).
+
+        On an incomplete training set each modality's classifier trains on the samples that
+        observe it (and vector statistics come from those rows).
+        """
         cfg = self.config
         if list(train.modalities) != list(self.modalities):
             raise DataError(f"training set modalities {list(train.modalities)} != classifier's {list(self.modalities)}")
-        for s in self.specs:
+        complete = bool(train.observed.all())
+        for j, s in enumerate(self.specs):
             if s.kind == "vector":
                 arr = np.asarray(train.arrays[s.name], dtype=np.float64)
+                if not complete:
+                    arr = arr[train.observed[:, j]]
+                    if len(arr) == 0:
+                        raise DataError(f"training set {train.name!r}: no sample observes modality {s.name!r}")
                 enc = self.encoders[s.name]
                 enc.mean.copy_(torch.from_numpy(np.nanmean(arr, axis=0)).float())
                 enc.std.copy_(torch.from_numpy(np.nanstd(arr, axis=0)).float().clamp(min=1e-6))
-        opt = torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-        self.train()
-        with torch.random.fork_rng(devices=[]), progress_bar(progress) as bar:
+        fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed)
+        device = next(self.parameters()).device
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            task = bar.add_task(description, total=steps, info="") if bar else None
-            for epoch in range(cfg.epochs):
-                correct = total = 0
-                for batch in train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-                    y = batch.labels
-                    loss = torch.zeros(())
-                    for lg in self.logits(_clean(batch)).values():
-                        loss = loss + F.cross_entropy(lg, y)
-                        correct += int((lg.argmax(-1) == y).sum())
-                        total += len(y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if bar:
-                        bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item() / len(self.specs):.3f} acc {correct / max(total, 1):.3f}")
-                log.info("%s epoch %d: train accuracy %.4f", description, epoch + 1, correct / max(total, 1))
-        self.eval()
+            self._description = description
+            fit_module(self, train, fit, progress=progress, name=description, device=device)
         return self
+
+    # The training engine's hooks (dymo.training.engine): epoch e shuffles with seed * 1000 + e.
+    def epoch_seeds(self, epoch: int) -> tuple[int, int]:
+        return self.config.seed * 1000 + epoch, 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._correct = self._total = 0
+
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sum over modalities of the cross-entropy on the samples that observe the modality."""
+        y = batch.labels
+        assert y is not None
+        complete = bool(batch.observed.all())
+        loss = torch.zeros((), device=y.device)
+        for name, lg in self.logits({k: zero_nan_values(v) for k, v in batch.data.items()}).items():
+            yj = y
+            if not complete:
+                rows = batch.observed[:, self.modalities.index(name)]
+                if not bool(rows.any()):
+                    loss = loss + 0.0 * lg.sum()
+                    continue
+                lg, yj = lg[rows], y[rows]
+            loss = loss + F.cross_entropy(lg, yj)
+            self._correct += int((lg.argmax(-1) == yj).sum())
+            self._total += len(yj)
+        return loss, {"train_acc": self._correct / max(self._total, 1)}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        name = getattr(self, "_description", "unimodal classifiers")
+        log.info("%s epoch %d: train accuracy %.4f", name, epoch + 1, self._correct / max(self._total, 1))
 
     @torch.no_grad()
     def embed_dataset(self, ds: MultimodalDataset, batch_size: int = 1024, progress: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -202,7 +227,7 @@ class UnimodalClassifier(nn.Module):
             for start in range(0, len(ds), batch_size):
                 idx = np.arange(start, min(start + batch_size, len(ds)))
                 batch = ds.batch(idx)
-                feats = self.embed(_clean(batch))
+                feats = self.embed({k: zero_nan_values(v) for k, v in batch.data.items()})
                 out[start : start + len(idx)] = torch.stack([feats[n] for n in self.modalities], 1).to(dtype)
                 if bar:
                     bar.update(task, advance=len(idx))
@@ -215,13 +240,9 @@ class UnimodalClassifier(nn.Module):
         save_tensors(path / "weights.safetensors", dict(self.state_dict()))
         write_json(
             path / "config.json",
-            {
-                "format": 1,
-                "kind": CLASSIFIER_KIND,
-                "config": self.config.to_dict(),
-                "specs": specs_to_list(self.specs),
-                "class_names": self.class_names,
-            },
+            component_manifest(
+                "classifier", CLASSIFIER_KIND, config=self.config.to_dict(), specs=specs_to_list(self.specs), class_names=self.class_names,
+            ),
         )
         return path
 
@@ -229,63 +250,17 @@ class UnimodalClassifier(nn.Module):
     def load(cls, path_dir: str | os.PathLike) -> UnimodalClassifier:
         path = Path(path_dir)
         cfg_path = path / "config.json"
-        if not cfg_path.exists():
-            raise BundleError(f"{path}: no config.json; not a saved unimodal classifier")
-        meta = read_json(cfg_path)
-        if meta.get("kind") != CLASSIFIER_KIND or meta.get("format") != 1:
-            raise BundleError(f"{cfg_path}: not a format-1 {CLASSIFIER_KIND} (kind {meta.get('kind')!r})")
+        meta = read_manifest(path, "classifier", required={"kind": str, "config": dict, "specs": list, "class_names": list}, what="unimodal classifier")
+        if meta["kind"] != CLASSIFIER_KIND:
+            raise BundleError(f"{cfg_path}: not a {CLASSIFIER_KIND} (kind {meta.get('kind')!r})")
         model = cls(specs_from_list(meta["specs"]), meta["class_names"], UnimodalConfig.from_dict(meta["config"]))
-        try:
-            tensors = load_tensors(path / "weights.safetensors")
-        except Exception as e:
-            raise BundleError(f"{path / 'weights.safetensors'}: missing, truncated or corrupt ({e})") from None
+        tensors = load_weights(path / "weights.safetensors")
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
             raise BundleError(f"{path / 'weights.safetensors'}: does not fit the config ({e})") from None
         model.eval()
         return model
-
-
-def _clean(batch: MultimodalBatch) -> dict[str, torch.Tensor]:
-    """Model inputs with NaN (missing values in vectors) replaced by 0."""
-    return {k: torch.nan_to_num(v, nan=0.0) if v.is_floating_point() else v for k, v in batch.data.items()}
-
-
-class progress_bar:
-    """A rich progress bar with an ``info`` column, or ``None`` when disabled."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self):  # noqa: ANN204 - returns Progress | None
-        if not self.enabled:
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self.bar.__enter__()
-        return self.bar
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 # -- the report ----------------------------------------------------------------------------

@@ -78,9 +78,14 @@ class _TableImputer(Recoverer):
                 f"{self.name}: imputers recover vector modalities, and dataset {train.name!r} has none "
                 f"(kinds: {[s.kind for s in self.specs]})"
             )
-        table = np.concatenate(
-            [np.asarray(train.arrays[name], dtype=np.float64) for name, _ in self.columns], axis=1
-        )
+        # Incomplete training sets are fine: an unobserved modality's columns are NaN, as the
+        # sklearn imputers expect for missing entries.
+        parts = []
+        for name, _ in self.columns:
+            x = np.array(train.arrays[name], dtype=np.float64)
+            x[~train.observed[:, train.modalities.index(name)]] = np.nan
+            parts.append(x)
+        table = np.concatenate(parts, axis=1)
         if np.isinf(table).any():
             raise DataError(f"{self.name}: training table of {train.name!r} holds Inf")
         log.info("%s: fitting on a %d x %d training table", self.name, *table.shape)

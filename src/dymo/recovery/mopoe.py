@@ -33,12 +33,9 @@ mean, a text the per-position argmax token.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -56,11 +53,9 @@ from dymo.recovery.base import (
     Recoverer,
     RecovererConfig,
     merge_recovered,
-    require_complete,
     require_weights,
-    sanitize_missing,
 )
-from dymo.utils.io import load_tensors, save_tensors
+from dymo.training.engine import EpochCheckpoint, FitConfig, epoch_seed, fit_module
 from dymo.utils.subsets import all_subsets, masks_to_codes
 
 log = logging.getLogger(__name__)
@@ -366,23 +361,100 @@ class MoPoEModel(nn.Module):
         pairs = [self.encode(name, data[name]) for name in self.modalities]
         return torch.stack([p[0] for p in pairs], 1), torch.stack([p[1] for p in pairs], 1)
 
-    def loss(self, data: dict[str, torch.Tensor], generator: torch.Generator | None = None, kl_weight: float = 1.0) -> LossTerms:
-        """The MoPoE objective (see the module doc) on complete data in network units."""
+    def loss(
+        self,
+        data: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        kl_weight: float = 1.0,
+        observed: torch.Tensor | None = None,
+    ) -> LossTerms:
+        """The MoPoE objective (see the module doc) on data in network units.
+
+        With ``observed`` (bool ``[B, M]``, an incomplete training set) a sample's mixture runs
+        over the subsets of what it observes only (PoE of observed experts; KL averaged over
+        those subsets; the sampled subset drawn among them) and only its observed modalities
+        are reconstructed. Complete data take the original path.
+        """
         mu, logvar = self.encode_all(data)
         b = mu.shape[0]
         subsets = self.subsets
         mu_s, logvar_s = product_of_experts(mu.unsqueeze(0), logvar.unsqueeze(0), subsets[:, None, :], self.config.prior_expert)
-        kl = kl_to_standard_normal(mu_s, logvar_s).mean(0)  # [B], uniform mixture weights
-        pick = torch.randint(len(subsets), (b,), generator=generator).to(mu.device)
         rows = torch.arange(b, device=mu.device)
+        if observed is None or bool(observed.all()):
+            kl = kl_to_standard_normal(mu_s, logvar_s).mean(0)  # [B], uniform mixture weights
+            pick = torch.randint(len(subsets), (b,), generator=generator).to(mu.device)
+            seen = None
+        else:
+            seen = observed.to(mu.device)
+            valid = ~(subsets[:, None, :] & ~seen[None, :, :]).any(-1)  # [S, B]: subset within observed
+            if not bool(valid.any(0).all()):
+                raise DataError(f"mopoe: sample {int(torch.nonzero(~valid.any(0))[0])} of the batch observes no modality")
+            w = valid.float()
+            kl = (kl_to_standard_normal(mu_s, logvar_s) * w).sum(0) / w.sum(0)
+            u = torch.rand(valid.shape, generator=generator).to(mu.device)
+            pick = torch.where(valid, u, torch.full_like(u, -1.0)).argmax(0)
         m, lv = mu_s[pick, rows], logvar_s[pick, rows]
         eps = torch.randn(m.shape, generator=generator).to(mu.device)
         z = m + torch.exp(0.5 * lv) * eps
         rec = torch.zeros(b, device=mu.device)
-        for spec in self.specs:
-            rec = rec + self.nll(spec, self.decode(spec.name, z), data[spec.name])
+        for j, spec in enumerate(self.specs):
+            nll = self.nll(spec, self.decode(spec.name, z), data[spec.name])
+            rec = rec + (nll if seen is None else nll * seen[:, j])
         rec_mean, kl_mean = rec.mean(), kl.mean()
         return LossTerms(rec_mean + self.config.beta * kl_weight * kl_mean, rec_mean, kl_mean)
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+class _MoPoEObjective(nn.Module):
+    """The MoPoE objective for the training engine (:mod:`dymo.training.engine`).
+
+    Epoch ``e`` shuffles and draws its noise from seeds derived from ``(seed, e)`` (so a
+    resumed fit replays it); the KL warm-up weight follows the step within the epoch. Its only
+    part is ``model``, so a checkpoint holds ``model.*`` weights. ``history`` gets one record per
+    epoch (sample-weighted means of the loss terms).
+    """
+
+    divergence_hint = "lower lr or raise likelihood_scale"
+
+    def __init__(self, model: MoPoEModel, steps_per_epoch: int, history: list[dict[str, float]]) -> None:
+        super().__init__()
+        self.model = model
+        self.steps_per_epoch = steps_per_epoch
+        self.history = history
+        self._epoch = self._step = self._n = 0
+        self._sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+
+    def epoch_seeds(self, epoch: int) -> tuple[int, int]:
+        seed = self.model.config.seed
+        return epoch_seed(seed, epoch, 0), epoch_seed(seed, epoch, 1)
+
+    def on_resume(self, epochs_done: int, extra: dict[str, Any]) -> None:
+        self.history[:] = list(extra.get("history", []))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._epoch, self._step, self._n = epoch, 0, 0
+        self._sums = dict.fromkeys(self._sums, 0.0)
+
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = self.model
+        w = _kl_weight(self._epoch, self._step, self.steps_per_epoch, model.config.kl_warmup_epochs)
+        if bool(batch.observed.all()):
+            terms = model.loss({k: model.prepare(k, v) for k, v in batch.data.items()}, generator, w)
+        else:
+            clean = batch.with_missing_zeroed()
+            terms = model.loss({k: model.prepare(k, v) for k, v in clean.data.items()}, generator, w, clean.observed)
+        self._step += 1
+        self._n += len(batch)
+        for k, v in zip(("loss", "rec", "kl"), terms, strict=True):
+            self._sums[k] += float(v.detach()) * len(batch)
+        return terms.loss, {"rec": terms.rec, "kl": terms.kl}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        record = {"epoch": epoch + 1, **{k: v / max(self._n, 1) for k, v in self._sums.items()}}
+        self.history.append(record)
+        log.info("mopoe epoch %d: loss %.2f rec %.2f kl %.2f", epoch + 1, record["loss"], record["rec"], record["kl"])
 
 
 # -- the recoverer ---------------------------------------------------------------------------
@@ -428,105 +500,30 @@ class MoPoERecoverer(Recoverer):
 
     def _fit(self, train: MultimodalDataset, progress: bool) -> None:
         cfg = self.config
-        require_complete(train, "mopoe", "MoPoE trains on complete samples")
+        # Incomplete training sets are fine: each sample trains on the subsets it observes (see
+        # MoPoEModel.loss); the vector scalers are fitted on observed rows only.
         model = self._build_model()
+        complete = bool(train.observed.all())
         for name, scaler in model.scalers.items():
-            scaler.set(train.arrays[name])  # type: ignore[operator]
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            rows = train.observed[:, train.modalities.index(name)]
+            scaler.set(np.asarray(train.arrays[name]) if complete else np.asarray(train.arrays[name])[rows])  # type: ignore[operator]
         self.model, self.history = model, []
-        start = 0
-        ckpt = None if self._run_dir is None else self._run_dir / CHECKPOINT_FILE
-        if ckpt is not None and ckpt.exists():
-            start = self._load_checkpoint(ckpt, optimizer)
-            log.info("mopoe: resumed from %s after epoch %d", ckpt, start)
-        steps = math.ceil(len(train) / cfg.batch_size)
-        with _progress_bar(progress and start < cfg.epochs) as bar:
-            task = None
-            if bar is not None:
-                task = bar.add_task("mopoe", total=(cfg.epochs - start) * steps, info="")
-            for epoch in range(start, cfg.epochs):
-                model.train()
-                gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1))
-                sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
-                n = 0
-                loader = train.loader(cfg.batch_size, shuffle=True, seed=_epoch_seed(cfg.seed, epoch, 0))
-                for step, batch in enumerate(loader):
-                    w = _kl_weight(epoch, step, steps, cfg.kl_warmup_epochs)
-                    data = {k: model.prepare(k, v.to(self.device)) for k, v in batch.data.items()}
-                    terms = model.loss(data, gen, w)
-                    if not torch.isfinite(terms.loss):
-                        raise DataError(
-                            f"mopoe: loss became {terms.loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                            "lower lr or raise likelihood_scale"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    terms.loss.backward()
-                    optimizer.step()
-                    bs = len(batch)
-                    n += bs
-                    for k, v in zip(("loss", "rec", "kl"), terms, strict=True):
-                        sums[k] += float(v.detach()) * bs
-                    if bar is not None and task is not None:
-                        bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} rec {float(terms.rec.detach()):.1f} kl {float(terms.kl.detach()):.1f}")
-                record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
-                self.history.append(record)
-                log.info("mopoe epoch %d: loss %.2f rec %.2f kl %.2f", epoch + 1, record["loss"], record["rec"], record["kl"])
-                if ckpt is not None:
-                    self._save_checkpoint(ckpt, optimizer, epoch + 1)
+        objective = _MoPoEObjective(model, math.ceil(len(train) / cfg.batch_size), self.history)
+        ckpt = None
+        if self._run_dir is not None:
+            ckpt = EpochCheckpoint(
+                self._run_dir / CHECKPOINT_FILE, "mopoe-checkpoint", CHECKPOINT_FORMAT,
+                identity={"config": self.config.to_dict(), "specs": specs_to_list(self.specs)},
+                extra=lambda: {"history": self.history},
+            )
+        if cfg.epochs == 0:  # build (and load a finished checkpoint) without training
+            if ckpt is not None and ckpt.path.exists():
+                objective.on_resume(*ckpt.load(objective))
+            model.eval()
+            return
+        fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+        fit_module(objective, train, fit, progress=progress, name="mopoe", checkpoint=ckpt, device=self.device)
         model.eval()
-
-    def _checkpoint_meta(self, epochs_done: int) -> dict[str, str]:
-        return {
-            "kind": "mopoe-checkpoint",
-            "format": str(CHECKPOINT_FORMAT),
-            "epochs_done": str(epochs_done),
-            "config": json.dumps(self.config.to_dict()),
-            "specs": json.dumps(specs_to_list(self.specs)),
-            "history": json.dumps(self.history),
-        }
-
-    def _save_checkpoint(self, path: Path, optimizer: torch.optim.Optimizer, epochs_done: int) -> None:
-        assert self.model is not None
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        for idx, st in optimizer.state_dict()["state"].items():
-            for key, value in st.items():
-                tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
-        save_tensors(path, tensors, metadata=self._checkpoint_meta(epochs_done))
-
-    def _load_checkpoint(self, path: Path, optimizer: torch.optim.Optimizer) -> int:
-        """Restore model and optimizer from ``path``; return the number of finished epochs."""
-        from safetensors import safe_open
-
-        assert self.model is not None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_tensors(path)
-        except Exception as e:  # safetensors raises its own error types
-            raise BundleError(f"{path}: truncated or corrupt checkpoint ({e}); delete it to start over") from None
-        if meta.get("kind") != "mopoe-checkpoint" or meta.get("format") != str(CHECKPOINT_FORMAT):
-            raise BundleError(f"{path}: not a mopoe checkpoint of format {CHECKPOINT_FORMAT}")
-        if json.loads(meta["specs"]) != specs_to_list(self.specs):
-            raise BundleError(f"{path}: checkpoint is for other modalities than the training set")
-        saved = json.loads(meta["config"])
-        now = self.config.to_dict()
-        diff = sorted(k for k in now if k != "epochs" and saved.get(k) != now[k])
-        if diff:
-            raise ConfigError(f"{path}: checkpoint was trained with a different config (keys {diff}); use another run_dir")
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            self.model.load_state_dict(model_state)
-        except RuntimeError as e:
-            raise BundleError(f"{path}: weights do not fit the model ({e})") from None
-        opt_state = optimizer.state_dict()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, key = k.split(".", 2)
-                state.setdefault(int(idx), {})[key] = v
-        optimizer.load_state_dict({"state": state, "param_groups": opt_state["param_groups"]})
-        self.history = list(json.loads(meta.get("history", "[]")))
-        return int(meta["epochs_done"])
 
     # -- inference -------------------------------------------------------------------------
     def _model(self) -> MoPoEModel:
@@ -581,7 +578,7 @@ class MoPoERecoverer(Recoverer):
         self.check_batch(batch)
         model = self._model()
         model.eval()
-        clean = sanitize_missing(batch)
+        clean = batch.with_missing_zeroed()
         data = {k: model.prepare(k, v.to(self.device)) for k, v in clean.data.items()}
         mus, logvars = model.encode_all(data)
         obs = batch.observed.to(self.device)
@@ -622,31 +619,8 @@ class MoPoERecoverer(Recoverer):
         self.history = list(extra.get("history", []))
 
 
-@contextlib.contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
-    """A rich progress bar (or None when disabled)."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-    ) as bar:
-        yield bar
-
-
-def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A seed per (run seed, epoch, stream) so a resumed epoch replays the same randomness."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+#: Kept under its old name for the MultiVae adapter and the benchmarks.
+_epoch_seed = epoch_seed
 
 
 def _kl_weight(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:

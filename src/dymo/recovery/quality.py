@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dymo.data.batch import MultimodalBatch
+from dymo.data.batch import MultimodalBatch, zero_nan_values
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec
 from dymo.errors import BundleError, ConfigError, DataError
@@ -231,7 +231,7 @@ class ControlledQualityRecoverer(_Wrapper):
         if spec.kind == "vector":
             noise = torch.randn(x.shape, generator=g)
             std = self._feature_std[spec.name].to(x.device)
-            return torch.nan_to_num(x.float(), nan=0.0) + cfg.noise_std * std * noise.to(x.device)
+            return zero_nan_values(x.float()) + cfg.noise_std * std * noise.to(x.device)
         swap = torch.rand(x.shape, generator=g) < cfg.token_noise
         tokens = torch.randint(1, int(spec.vocab_size or 2), x.shape, generator=g)
         return torch.where(swap.to(x.device) & (x != 0), tokens.to(x.device), x)

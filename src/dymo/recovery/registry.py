@@ -28,6 +28,20 @@ RECOVERERS: dict[str, str] = {
     "controlled_quality": "dymo.recovery.quality:ControlledQualityRecoverer",
     "shuffled": "dymo.recovery.quality:ShuffledRecoverer",
 }
+#: Wrappers around another recoverer (built with ``inner=``), never trained on their own.
+WRAPPERS: tuple[str, ...] = ("controlled_quality", "shuffled")
+#: EXPERIMENT-ONLY: reads the true data of the missing modalities. Never for results.
+EXPERIMENT_ONLY: tuple[str, ...] = ("oracle",)
+
+
+def standalone_recoverers() -> list[str]:
+    """Kinds that recover on their own (the benchmark's ``--recovery`` kinds), in table order."""
+    return [k for k in RECOVERERS if k not in WRAPPERS]
+
+
+def trainable_recoverers() -> list[str]:
+    """Kinds ``dymo train recovery`` fits: standalone and not experiment-only."""
+    return [k for k in standalone_recoverers() if k not in EXPERIMENT_ONLY]
 
 
 def recoverer_class(name: str) -> type[Recoverer]:

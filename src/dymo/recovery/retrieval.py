@@ -31,6 +31,12 @@ observed slot, the scores ``q . sum_{m in S} E[n, m]`` are accumulated one modal
 from per-training-sample Gram matrices ``E[n] E[n]^T`` (cached per pattern), so per-pattern
 keys are never built.
 
+**Incomplete training data.** A training row's unobserved modalities get a zero embedding, so
+its key is built from the modalities it observes (``S`` ∩ its own), and a row can only donate
+modalities it observes: a query's neighbour is searched among the rows that observe every
+modality the query misses; when no row does, each missing modality is taken from the nearest
+row that observes it.
+
 Training data are saved by reference (see :class:`~dymo.recovery.base.TrainingData`): the
 save folder records the dataset's ``.npy`` files relative to itself plus a fingerprint, so
 loading needs the built dataset to be where it was (or ``load(path, train=dataset)``).
@@ -47,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dymo.data.batch import MultimodalBatch
+from dymo.data.batch import MultimodalBatch, zero_nan_values
 from dymo.data.dataset import MultimodalDataset
 from dymo.errors import BundleError, ConfigError
 from dymo.recovery.base import Recoverer, RecovererConfig, TrainingData, require_weights
@@ -117,6 +123,8 @@ class RetrievalRecoverer(Recoverer):
         self.embedder = UnimodalClassifier(self.specs, self.class_names, self.config.embedder_config())
         self.embedder.fit(train, progress=progress, description="retrieval embedder")
         self.train_embeddings = self.embedder.embed_dataset(train, progress=progress, dtype=torch.float16)
+        if not train.observed.all():
+            self.train_embeddings[~torch.from_numpy(np.asarray(train.observed))] = 0  # see the module doc
         self._emb = None
         self.train_data = data
 
@@ -134,18 +142,18 @@ class RetrievalRecoverer(Recoverer):
             rows = batch.observed[:, j] & needs
             if rows.any():
                 x = batch.data[name][rows]
-                if x.is_floating_point():
-                    x = torch.nan_to_num(x, nan=0.0)
+                x = zero_nan_values(x)
                 query[rows, j] = self.embedder.features(name, x).float()
         query_sum = query.sum(1)  # [B, d]; a positive per-query scale does not change the ranking
         codes = masks_to_codes(batch.observed)
         neighbors = torch.full((b,), -1, dtype=torch.long)
+        donors = torch.full((b, m), -1, dtype=torch.long)  # per modality (incomplete training data only)
         todo = torch.nonzero(needs).flatten()
         for s in range(0, len(todo), self.config.chunk_size):
             rows = todo[s : s + self.config.chunk_size]
-            neighbors[rows] = self._neighbors(query_sum[rows], batch.observed[rows], codes[rows])
+            neighbors[rows], donors[rows] = self._neighbors(query_sum[rows], batch.observed[rows], codes[rows])
         self.last_neighbors = neighbors
-        return self._gather(batch, neighbors)
+        return self._gather(batch, torch.where(donors >= 0, donors, neighbors.unsqueeze(1)))
 
     def _prepare(self) -> None:
         """Derived search tables (float32 ``[M, N, d]`` embeddings, per-sample Gram matrices)."""
@@ -157,6 +165,9 @@ class RetrievalRecoverer(Recoverer):
         self._gram = e @ e.transpose(1, 2)  # [N, M, M]
         self._inv_norm: dict[int, torch.Tensor] = {}
         self._full: torch.Tensor | None = None
+        # Rows observe a modality iff its (unit-norm) embedding is not zeroed (see the module doc).
+        observed = e.abs().sum(-1) > 0  # [N, M]
+        self._lacks: torch.Tensor | None = None if bool(observed.all()) else (~observed).float()
 
     def _inverse_key_norms(self, code: int) -> torch.Tensor:
         """``1 / ||sum_{m in S} E[n, m]||`` for the subset with bit code ``code``, cached."""
@@ -166,43 +177,67 @@ class RetrievalRecoverer(Recoverer):
             self._inv_norm[code] = sq.clamp(min=1e-12).rsqrt()
         return self._inv_norm[code]
 
-    def _neighbors(self, q: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Nearest training rows (k=1) or the medoid of the k nearest.
+    def _neighbors(self, q: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest training rows (k=1) or the medoid of the k nearest, and per-modality donors.
 
         ``q [c, d]`` is the sum of each query's observed embeddings. The cosine similarity to
         ``key_n = normalise(sum_{m in S} E[n, m])`` is ``q . sum_{m in S} E[n, m] / ||...||``
         up to a positive per-query factor; it is accumulated one modality at a time and the key
         norms come from per-sample Gram matrices, so keys are never materialised.
+
+        Returns ``(neighbour [c], donors [c, M])``; ``donors`` is -1 except for queries that no
+        training row can serve whole (incomplete training data), whose missing modalities each
+        come from the best row observing it (their ``neighbour`` is then -1).
         """
         self._prepare()
         n_train = self._emb.shape[1]
+        m = len(self.specs)
         scores = torch.zeros(len(q), n_train)
-        for j in range(len(self.specs)):
+        for j in range(m):
             rows = torch.nonzero(observed[:, j]).flatten()
             if len(rows):
                 scores.index_add_(0, rows, q[rows] @ self._emb[j].T)
         uniq, inv = torch.unique(codes, return_inverse=True)
         scale = torch.stack([self._inverse_key_norms(int(c)) for c in uniq])  # [u, N]
         scores.mul_(scale[inv])
+        donors = torch.full((len(q), m), -1, dtype=torch.long)
+        if self._lacks is not None:
+            # A row can donate only what it observes: candidates observe all the query misses.
+            open_scores = scores
+            scores = scores.masked_fill((~observed).float() @ self._lacks.T > 0, float("-inf"))
+            alone = torch.isinf(scores).all(1)
+            for i in torch.nonzero(alone).flatten().tolist():
+                for j in torch.nonzero(~observed[i]).flatten().tolist():
+                    has = self._lacks[:, j] == 0
+                    if not bool(has.any()):
+                        raise BundleError(f"retrieval: no training row observes modality {self.modalities[j]!r}")
+                    donors[i, j] = int(open_scores[i].masked_fill(~has, float("-inf")).argmax())
+            scores[alone] = 0.0  # unused (donors set), keeps topk finite
         k = min(self.config.k, n_train)
         if k == 1:
-            return scores.argmax(dim=1)
-        cand = scores.topk(k, dim=1).indices  # [c, k]
-        if self._full is None:
-            self._full = F.normalize(self._emb.mean(0), dim=-1)  # all-modality embedding [N, d]
-        fc = self._full[cand]  # [c, k, d]
-        medoid = (fc @ fc.transpose(1, 2)).sum(-1).argmax(1, keepdim=True)
-        return cand.gather(1, medoid).squeeze(1)
+            best = scores.argmax(dim=1)
+        else:
+            cand = scores.topk(k, dim=1)
+            idx = torch.where(torch.isinf(cand.values), cand.indices[:, :1], cand.indices)  # fewer than k donors
+            if self._full is None:
+                self._full = F.normalize(self._emb.mean(0), dim=-1)  # all-modality embedding [N, d]
+            fc = self._full[idx]  # [c, k, d]
+            medoid = (fc @ fc.transpose(1, 2)).sum(-1).argmax(1, keepdim=True)
+            best = idx.gather(1, medoid).squeeze(1)
+        return torch.where((donors >= 0).any(1), torch.full_like(best, -1), best), donors
 
     def _gather(self, batch: MultimodalBatch, neighbors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Missing slots from training rows: ``neighbors`` is ``[B]`` or per modality ``[B, M]``."""
         assert self.train_data is not None
         arrays = self.train_data.dataset.arrays
+        if neighbors.ndim == 1:
+            neighbors = neighbors.unsqueeze(1).expand(-1, len(self.specs))
         filled: dict[str, torch.Tensor] = {}
         for j, spec in enumerate(self.specs):
             miss = ~batch.observed[:, j]
             if not miss.any():
                 continue
-            rows = neighbors[miss].numpy()
+            rows = neighbors[miss, j].numpy()
             uniq, inv = np.unique(rows, return_inverse=True)  # sorted reads are fast on memmaps
             x = spec.to_tensor(np.ascontiguousarray(arrays[spec.name][uniq]))[torch.from_numpy(inv.reshape(-1))]
             out = torch.zeros_like(batch.data[spec.name])

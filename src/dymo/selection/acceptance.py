@@ -247,7 +247,7 @@ def tune_threshold(
     selection with each grid value and count correct predictions per number of observed
     modalities. Returns the :class:`ThresholdTuning` (attach it to the calibration to use it).
     """
-    from dymo.evaluation.pipeline import hide_missing, scenario_mask
+    from dymo.evaluation.pipeline import scenario_mask
     from dymo.selection.selector import SelectionConfig, select_with_backbone
 
     grid = [float(t) for t in grid]
@@ -274,7 +274,7 @@ def tune_threshold(
             for start in range(0, n, batch_size):
                 idx = np.arange(start, min(start + batch_size, n))
                 full = val.batch(idx).with_observed(obs_all[idx])
-                hidden = hide_missing(full)
+                hidden = full.with_missing_filled()  # NaN in missing slots: nothing reads them unnoticed
                 rec = recoverer.recover(full if getattr(recoverer, "reads_missing", False) else hidden)
                 tokens = backbone.encode(rec.to(device).data, torch.ones_like(hidden.observed).to(device))
                 k_obs = hidden.observed.sum(1).numpy()

@@ -1,6 +1,6 @@
 """Calibration statistics for DyMo's reward: per-subset class prototypes and distance spreads.
 
-Computed once after training, on the training set, in eval mode (METHOD.md item 4):
+Computed once after training, on the training set, in eval mode (docs/method.md §4):
 
 - ``prototypes[S, k]`` = mean of the fused feature ``z`` over class-``k`` samples fused with
   subset ``S`` (not re-normalised);
@@ -9,6 +9,13 @@ Computed once after training, on the training set, in eval mode (METHOD.md item 
 
 Tables are indexed by subset code (bit ``i`` = modality ``i`` used); row 0 is unused. Labels
 are used here (this is training-time work); the selection itself never sees them.
+
+**Incomplete training data.** A sample contributes to subset ``S`` only if it observes every
+modality of ``S``. A (subset, class) pair seen by fewer than ``min_samples`` training samples is
+*thin*: its statistics are borrowed from the largest subset ``T`` of ``S`` that is well estimated
+for that class (``T`` is observed by at least as many samples as ``S``); with no such ``T``, its
+own samples are used when it has any, else calibration fails naming the pair. Which pairs were thin is logged as a warning, and ``Calibration.counts`` keeps the
+number of samples behind every pair (see :meth:`Calibration.thin_subsets`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_FORMAT = "1"
 # A class seen once in a subset has sigma 0; d / 0 would make its ICS NaN or 0.
 MIN_SIGMA = 1e-6
+# Subsets named in the warning about thin (subset, class) pairs; the rest are counted.
+MAX_LISTED = 8
 
 
 def subset_name(code: int, modalities: tuple[str, ...] | list[str]) -> str:
@@ -52,6 +61,10 @@ class Calibration:
     overall: torch.Tensor  # [C, D]
     num_modalities: int
     modalities: tuple[str, ...] = ()
+    #: training samples behind each (subset code, class) pair, ``[2**M, C]`` (None: not recorded)
+    counts: torch.Tensor | None = None
+    #: sha256 of the backbone weights file the statistics were computed with (None: unknown)
+    backbone_sha256: str | None = None
     # The acceptance rule tuned on validation data (dymo.selection.acceptance), if any.
     threshold: ThresholdTuning | None = None
 
@@ -104,15 +117,33 @@ class Calibration:
                 f"{source}: tuned thresholds have {len(self.threshold.thresholds)} entries, expected {m} "
                 f"(one per number of observed modalities 0..{m - 1})"
             )
+        if self.counts is not None and tuple(self.counts.shape) != (n, c):
+            raise BundleError(f"{source}: counts have shape {tuple(self.counts.shape)}, expected {(n, c)}")
+
+    def thin_subsets(self, min_samples: int = 5) -> dict[str, list[str]]:
+        """``{subset name: [class indices as str]}`` of the pairs estimated from fewer than
+        ``min_samples`` training samples (empty when counts were not recorded)."""
+        if self.counts is None:
+            return {}
+        out: dict[str, list[str]] = {}
+        for code in range(1, 2**self.num_modalities):
+            few = torch.nonzero(self.counts[code] < min_samples).flatten().tolist()
+            if few:
+                out[subset_name(code, self.modalities)] = [str(k) for k in few]
+        return out
 
     def to(self, device: torch.device | str) -> Calibration:
         return Calibration(
             self.metric, self.temperature, self.prototypes.to(device), self.sigma.to(device),
-            self.overall.to(device), self.num_modalities, self.modalities, self.threshold,
+            self.overall.to(device), self.num_modalities, self.modalities,
+            None if self.counts is None else self.counts.to(device), self.backbone_sha256, self.threshold,
         )
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write a safetensors file (atomic) with the settings in its metadata."""
+    def save(self, path: str | os.PathLike, backbone_sha256: str | None = None) -> None:
+        """Write a safetensors file (atomic) with the settings in its metadata, and the sha256 of
+        the backbone weights it was computed with (its provenance, checked by :meth:`check_backbone`)."""
+        if backbone_sha256 is not None:
+            self.backbone_sha256 = backbone_sha256
         metadata = {
             "kind": "dymo-calibration",
             "format": CALIBRATION_FORMAT,
@@ -121,9 +152,13 @@ class Calibration:
             "num_modalities": str(self.num_modalities),
             "modalities": json.dumps(list(self.modalities)),
         }
+        if self.backbone_sha256:
+            metadata["backbone_sha256"] = self.backbone_sha256
         if self.threshold is not None:
             metadata["selection_threshold"] = self.threshold.to_json()
         tensors = {"prototypes": self.prototypes.float(), "sigma": self.sigma.float(), "overall": self.overall.float()}
+        if self.counts is not None:
+            tensors["counts"] = self.counts.float()
         save_tensors(path, tensors, metadata)
 
     @classmethod
@@ -158,10 +193,28 @@ class Calibration:
         cal = object.__new__(cls)
         cal.metric, cal.temperature, cal.num_modalities, cal.modalities = metric, temperature, num_modalities, modalities
         cal.prototypes, cal.sigma, cal.overall = tensors["prototypes"], tensors["sigma"], tensors["overall"]
+        cal.counts = tensors.get("counts")
+        cal.backbone_sha256 = metadata.get("backbone_sha256")
         tuned = metadata.get("selection_threshold")
         cal.threshold = None if tuned is None else ThresholdTuning.from_json(tuned, source=path)
         cal.validate(source=path)
         return cal
+
+    def check_backbone(self, weights: str | os.PathLike, source: str | os.PathLike, recalibrate: str = "") -> None:
+        """Raise :class:`BundleError` when these statistics were computed with other backbone
+        weights than the file ``weights`` (a backbone retrained or extended after calibration)."""
+        from dymo.utils.artifact import sha256_file
+
+        if self.backbone_sha256 is None:
+            log.warning("%s records no backbone hash (written by an older dymo); it cannot be checked against %s", source, weights)
+            return
+        now = sha256_file(weights)
+        if now != self.backbone_sha256:
+            raise BundleError(
+                f"{source}: stale calibration: computed for backbone weights sha256 {self.backbone_sha256[:12]}..., "
+                f"but {weights} is now {now[:12]}... (retrained or extended since); "
+                + (recalibrate or "recompute it with `dymo calibrate`")
+            )
 
 
 class _SufficientStats:
@@ -218,13 +271,14 @@ def compute_calibration(
     progress: bool = True,
     max_rows: int = 8192,
     temperature: float = 0.1,
+    min_samples: int = 5,
 ) -> Calibration:
     """Calibration statistics of ``backbone`` on ``dataset`` (a :class:`MultimodalDataset`).
 
     Each batch is encoded once; then every non-empty subset is fused, subsets of equal size
     together (no padding waste; ``max_rows`` bounds the rows of one fuse call). Only subsets a
-    sample fully observes are used for it, so an incomplete training set works as long as every
-    (subset, class) pair is seen. sigma comes from exact sufficient statistics accumulated in
+    sample fully observes are used for it; on an incomplete training set, (subset, class) pairs
+    with fewer than ``min_samples`` samples borrow their statistics (see the module doc). sigma comes from exact sufficient statistics accumulated in
     float64 (sums of z, of z z^T for cosine, of ||z||^2 for Euclidean): one pass is enough.
     ``temperature`` is the prototype-softmax temperature of the reward's quality (0.1, as in
     training). To calibrate on part of the training set, pass ``dataset.subset(indices)``.
@@ -275,14 +329,7 @@ def compute_calibration(
         backbone.train(was_training)
 
     count, proto, mean_d2 = stats.finish()
-    for code in range(1, n_codes):
-        for k in range(c):
-            if count[code, k] == 0:
-                cls_name = dataset.class_names[k] if k < len(dataset.class_names) else str(k)
-                raise DataError(
-                    f"dataset {getattr(dataset, 'name', '')}: no training sample of class {k} ({cls_name}) "
-                    f"observes subset {code} {subset_name(code, modalities)}; cannot calibrate it"
-                )
+    _fill_thin_pairs(count, proto, mean_d2, min_samples, modalities, dataset)
     sigma = mean_d2[1:].clamp_min(0).sqrt()
     small = sigma < MIN_SIGMA
     if bool(small.any()):
@@ -297,4 +344,41 @@ def compute_calibration(
     sigmas = torch.ones(n_codes, c, dtype=torch.float32)
     sigmas[1:] = sigma.float()
     overall = proto[1:].mean(0).float()
-    return Calibration(metric, temperature, prototypes, sigmas, overall, m, modalities)
+    return Calibration(metric, temperature, prototypes, sigmas, overall, m, modalities, count.float())
+
+
+def _fill_thin_pairs(
+    count: torch.Tensor, proto: torch.Tensor, mean_d2: torch.Tensor, min_samples: int, modalities: tuple[str, ...], dataset: Any
+) -> None:
+    """Give every thin (subset, class) pair borrowed statistics, in place (see the module doc)."""
+    n_codes, c = count.shape
+    well = count >= min_samples
+    sizes = [bin(code).count("1") for code in range(n_codes)]
+    borrowed: dict[int, list[str]] = {}
+    for k in range(c):
+        for code in range(1, n_codes):
+            if well[code, k]:
+                continue
+            # Proper subsets of `code`, well estimated for class k, largest first (then most samples).
+            donors = [t for t in range(1, n_codes) if t != code and (t & ~code) == 0 and well[t, k]]
+            if donors:
+                t = max(donors, key=lambda t: (sizes[t], float(count[t, k])))
+                proto[code, k], mean_d2[code, k] = proto[t, k], mean_d2[t, k]
+                borrowed.setdefault(code, []).append(f"{k}<-{subset_name(t, modalities)}")
+            elif count[code, k] == 0:
+                cls_name = dataset.class_names[k] if k < len(dataset.class_names) else str(k)
+                raise DataError(
+                    f"dataset {getattr(dataset, 'name', '')}: no training sample of class {k} ({cls_name}) "
+                    f"observes subset {code} {subset_name(code, modalities)}, and no part of it is observed by "
+                    f"{min_samples} or more; cannot calibrate it"
+                )
+    if borrowed:
+        items = sorted(borrowed.items())
+        shown = "; ".join(f"{subset_name(code, modalities)}: {', '.join(v)}" for code, v in items[:MAX_LISTED])
+        if len(items) > MAX_LISTED:
+            shown += f"; ... {len(items) - MAX_LISTED} more subsets (Calibration.thin_subsets() lists them all)"
+        log.warning(
+            "calibration: %d (subset, class) pairs in %d subsets are observed by fewer than %d training samples and "
+            "borrow their statistics (class<-source): %s",
+            sum(len(v) for v in borrowed.values()), len(items), min_samples, shown,
+        )

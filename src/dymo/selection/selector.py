@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +33,20 @@ from dymo.utils.subsets import masks_to_codes
 
 NO_ACTION = 100  # action_history entry of a step in which the sample added nothing
 METHODS = ("dymo", "iterative", "simultaneous", "fuse-all", "discard")
+#: The methods that search, and so read the calibration statistics.
+SEARCHING = ("dymo", "iterative", "simultaneous")
+#: Deprecated spellings of a policy -> its one name. They still work, with a FutureWarning.
+DEPRECATED_NAMES = {"impute-all": "fuse-all"}
+
+
+def canonical_name(name: str) -> str:
+    """``name``, or the one spelling of a deprecated alias (saying so with a FutureWarning, a
+    warning meant for users, so the CLI shows it too)."""
+    new = DEPRECATED_NAMES.get(name)
+    if new is None:
+        return name
+    warnings.warn(f"{name!r} is a deprecated name of {new!r}; use {new!r}", FutureWarning, stacklevel=3)
+    return new
 
 FuseFn = Callable[[torch.Tensor, torch.Tensor], Any]
 
@@ -64,6 +79,11 @@ class SelectionConfig(Config):
     # Temperature of the reported probabilities of samples that added a recovery (logits / T;
     # the prediction is unchanged): "calibrated" = the one tuned with the threshold, else 1.
     added_temperature: float | Literal["calibrated"] = "calibrated"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.method, str):
+            self.method = canonical_name(self.method)  # type: ignore[assignment]
+        super().__post_init__()
 
     def validate(self) -> None:
         check_threshold_value(self.threshold)
@@ -328,7 +348,7 @@ class _Evaluator:
 
 
 def _validate_inputs(
-    initial_used: torch.Tensor, candidates: torch.Tensor, cal: Calibration, config: SelectionConfig
+    initial_used: torch.Tensor, candidates: torch.Tensor, modalities: tuple[str, ...], config: SelectionConfig
 ) -> None:
     for name, t in (("initial_used", initial_used), ("candidates", candidates)):
         if t.dtype != torch.bool or t.ndim != 2:
@@ -339,15 +359,15 @@ def _validate_inputs(
         )
     if initial_used.shape[0] == 0:
         raise DataError("select: empty batch (no sample)")
-    if initial_used.shape[1] != cal.num_modalities:
+    if initial_used.shape[1] != len(modalities):
         raise DataError(
-            f"select: masks have {initial_used.shape[1]} modalities, the calibration {cal.num_modalities} "
-            f"({list(cal.modalities)})"
+            f"select: masks have {initial_used.shape[1]} modalities, the calibration {len(modalities)} "
+            f"({list(modalities)})"
         )
-    if config.costs is not None and len(config.costs) != cal.num_modalities:
+    if config.costs is not None and len(config.costs) != len(modalities):
         raise ConfigError(
             f"SelectionConfig.costs has {len(config.costs)} entries; need one per modality "
-            f"({list(cal.modalities)})"
+            f"({list(modalities)})"
         )
 
 
@@ -355,9 +375,10 @@ def select(
     fuse_fn: FuseFn,
     initial_used: torch.Tensor,
     candidates: torch.Tensor,
-    calibration: Calibration,
+    calibration: Calibration | None,
     config: SelectionConfig | None = None,
     chunk_size: int | None = None,
+    modalities: Sequence[str] | None = None,
 ) -> SelectionResult:
     """Choose, per sample, which recovered modalities to add to the observed ones.
 
@@ -369,15 +390,30 @@ def select(
     A sample with no observed modality starts from an empty mask whose quality counts as 0
     (so the reward of a candidate is its quality alone, G = 1); its first addition is forced.
     A sample with nothing observed and no candidate raises :class:`DataError`.
+
+    ``calibration`` may be ``None`` for ``discard`` and ``fuse-all``, which do not search; the
+    modality names then come from ``modalities``.
     """
     config = config or SelectionConfig()
-    _validate_inputs(initial_used, candidates, calibration, config)
+    method = config.method
+    if calibration is None:
+        if method in SEARCHING:
+            raise ConfigError(
+                f"selection method {method!r} needs calibration statistics: run `dymo calibrate RUN` first"
+            )
+        if modalities is None:
+            raise ConfigError("select: without a calibration, pass the modality names (modalities=)")
+        names = tuple(modalities)
+    else:
+        names = tuple(calibration.modalities)
+        if modalities is not None and tuple(modalities) != names:
+            raise BundleError(f"modalities {list(modalities)} do not match the calibration's {list(names)}")
+    _validate_inputs(initial_used, candidates, names, config)
     initial_used = initial_used.clone()
     candidates = candidates & ~initial_used
     b, m = initial_used.shape
     device = initial_used.device
     empty = ~initial_used.any(1)
-    method = config.method
     usable = candidates if method != "discard" else torch.zeros_like(candidates)
     bad = empty & ~usable.any(1)
     if bool(bad.any()):
@@ -390,23 +426,21 @@ def select(
     if method in ("dymo", "iterative", "simultaneous") and config.max_added == 0 and bool(empty.any()):
         i = int(torch.nonzero(empty)[0])
         raise DataError(f"sample {i}: no observed modality, but max_added = 0 forbids adding a recovered one")
-    evaluator = _Evaluator(fuse_fn, calibration, chunk_size)
-    all_idx = torch.arange(b, device=device)
-
     if method in ("fuse-all", "discard"):
         used = initial_used | candidates if method == "fuse-all" else initial_used.clone()
-        logits, _, _, _ = evaluator(all_idx, used)
+        logits, _ = _fuse(fuse_fn, torch.arange(b, device=device), used, chunk_size)
         t0 = torch.zeros(0, b, m)
-        used, logits = used.cpu(), logits.cpu()
+        used, logits = used.detach().cpu(), logits.detach().cpu()
         return SelectionResult(
-            method=method, modalities=calibration.modalities, initial_used=initial_used.cpu(),
+            method=method, modalities=names, initial_used=initial_used.cpu(),
             candidates=candidates.cpu(), used=used, logits=logits, probabilities=torch.softmax(logits, -1),
             steps=(used & ~initial_used.cpu()).sum(1), rejected=torch.zeros_like(used),
             stop_reason=[method] * b, action_history=torch.zeros(0, b, dtype=torch.long),
             reward_history=t0, candidate_quality=t0.clone(), candidate_ics=t0.clone(),
             gain_history=t0.clone(), quality_history=torch.zeros(0, b), ics_history=torch.zeros(0, b),
         )
-    return _search(evaluator, initial_used, candidates, calibration, config)
+    assert calibration is not None  # searching methods were checked above
+    return _search(_Evaluator(fuse_fn, calibration, chunk_size), initial_used, candidates, calibration, config)
 
 
 def _search(
@@ -593,22 +627,25 @@ def select_with_backbone(
     tokens: torch.Tensor,
     initial_used: torch.Tensor,
     candidates: torch.Tensor,
-    calibration: Calibration,
+    calibration: Calibration | None,
     config: SelectionConfig | None = None,
     chunk_size: int | None = 4096,
 ) -> SelectionResult:
     """:func:`select` with ``backbone.fuse`` on ``tokens`` (``backbone.encode`` of the observed
-    plus recovered modalities, computed once by the caller), in eval mode, without gradients."""
-    metric = backbone.config.metric
-    if metric != calibration.metric:
-        raise BundleError(
-            f"the backbone uses the {metric!r} metric but the calibration was computed for {calibration.metric!r}"
-        )
+    plus recovered modalities, computed once by the caller), in eval mode, without gradients.
+    ``calibration`` may be ``None`` for ``discard`` and ``fuse-all``."""
     names = getattr(backbone, "modalities", None)
-    if names is not None and tuple(names) != tuple(calibration.modalities):
-        raise BundleError(
-            f"backbone modalities {list(names)} do not match the calibration's {list(calibration.modalities)}"
-        )
+    if calibration is not None:
+        metric = backbone.config.metric
+        if metric != calibration.metric:
+            raise BundleError(
+                f"the backbone uses the {metric!r} metric but the calibration was computed for {calibration.metric!r}"
+            )
+        if names is not None and tuple(names) != tuple(calibration.modalities):
+            raise BundleError(
+                f"backbone modalities {list(names)} do not match the calibration's {list(calibration.modalities)}"
+            )
+        names = None  # the calibration's names, checked above
     initial_used, candidates = initial_used.to(tokens.device), candidates.to(tokens.device)
     was_training = backbone.training
     backbone.eval()
@@ -619,6 +656,6 @@ def select_with_backbone(
 
     try:
         with torch.no_grad():
-            return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size)
+            return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size, modalities=names)
     finally:
         backbone.train(was_training)

@@ -1,4 +1,4 @@
-"""The prototype loss of DyMo's training (METHOD.md, Pipeline item 3)."""
+"""The prototype loss of DyMo's training (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -8,9 +8,11 @@ killed writer leaves the old file or the new one, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,11 +43,23 @@ def default_dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+def _named(e: OSError, path: Path) -> OSError:
+    """The same OS error, naming the file the user asked for (not a hidden temporary, not an fd)."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+def _mkstemp(path: Path) -> tuple[int, str]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _named(e, path) from e
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -53,6 +67,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _named(e, path) from e
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -62,8 +80,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 def atomic_replace_from(tmp_writer, path: str | os.PathLike) -> None:
     """Call ``tmp_writer(tmp_path)`` to write a file, then rename it onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _mkstemp(path)
     os.close(fd)
     try:
         tmp_writer(tmp)
@@ -71,6 +88,10 @@ def atomic_replace_from(tmp_writer, path: str | os.PathLike) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _named(e, path) from e
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -100,7 +121,20 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_replace_from(lambda tmp: save_file(tensors, tmp, metadata=metadata), path)
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors reports a failed write as its own error type
+            code = re.search(r"code: (\d+)", str(e))
+            if code is None and "os error" not in str(e).lower() and "ioerror" not in str(e).lower():
+                raise
+            num = int(code.group(1)) if code else errno.EIO
+            raise OSError(num, os.strerror(num), str(path)) from None
+
+    atomic_replace_from(write, path)
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,0 +1,88 @@
+"""One call from a dataset to a :class:`~dymo.inference.classifier.DyMoClassifier`.
+
+``DyMoClassifier.fit(dataset, recovery="retrieval")`` runs the three training stages of DyMo
+with documented defaults, each with a progress bar:
+
+1. the flexible backbone (:func:`dymo.training.train_backbone`; ``BackboneConfig()`` and
+   ``TrainConfig()`` defaults unless ``backbone=`` / ``train=`` / ``epochs=`` say otherwise), best
+   epoch chosen on ``dataset["val"]``;
+2. the recoverer (``recovery`` is a registry name, options in ``recovery_options``);
+3. DyMo's calibration statistics on the training split.
+
+The training split may miss modalities (see docs/data.md, "Incomplete training data").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dymo.data.dataset import SplitDataset
+from dymo.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _as_config(value: Any, cls: type, what: str) -> Any:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.from_dict(value)
+    raise ConfigError(f"{what}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
+
+
+def fit_classifier(
+    cls: type,
+    dataset: SplitDataset | str | os.PathLike,
+    recovery: str = "retrieval",
+    *,
+    recovery_options: dict[str, Any] | None = None,
+    backbone: Any = None,
+    train: Any = None,
+    epochs: int | None = None,
+    selection: Any = None,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    accelerator: str = "cpu",
+    devices: int | str = 1,
+    root: str | os.PathLike | None = None,
+) -> Any:
+    """See :meth:`DyMoClassifier.fit`."""
+    from dymo.data.registry import open_dataset
+    from dymo.models.backbone import BackboneConfig
+    from dymo.recovery.registry import get_recoverer
+    from dymo.selection import compute_calibration
+    from dymo.selection.selector import SelectionConfig
+    from dymo.training.run import TrainConfig, load_backbone, train_backbone
+
+    data = dataset if isinstance(dataset, SplitDataset) else open_dataset(dataset, root)
+    for split in ("train", "val"):
+        if split not in data.splits:
+            raise DataError(f"dataset {data.name!r} has no {split!r} split; fit needs train and val (it has {sorted(data.splits)})")
+    backbone_cfg = _as_config(backbone, BackboneConfig, "backbone")
+    train_cfg = _as_config(train, TrainConfig, "train")
+    if epochs is not None:
+        train_cfg = train_cfg.replace(epochs=epochs)
+    selection_cfg = None if selection is None else _as_config(selection, SelectionConfig, "selection")
+    missing = 1.0 - float(data["train"].observed.mean())
+    if missing:
+        log.info("fit: %.0f%% of the training split's modality slots are missing; training on what is observed", 100 * missing)
+
+    with tempfile.TemporaryDirectory(prefix="dymo-fit-") as tmp:
+        run = Path(run_dir) if run_dir is not None else Path(tmp) / "backbone"
+        log.info("fit: 1/3 backbone (%d epochs) in %s", train_cfg.epochs, run)
+        train_backbone(
+            data, run, backbone_cfg, train_cfg, progress=progress, accelerator=accelerator, devices=devices,
+            evaluate_test=False,
+        )
+        model = load_backbone(run)
+    log.info("fit: 2/3 recoverer %r", recovery)
+    recoverer = get_recoverer(recovery, **(recovery_options or {})).fit(data["train"], progress=progress)
+    log.info("fit: 3/3 calibration")
+    calibration = compute_calibration(model, data["train"], progress=progress)
+    return cls(model, calibration, recoverer, data.class_names, selection_cfg)

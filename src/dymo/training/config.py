@@ -1,0 +1,47 @@
+"""The backbone's training settings (a validated config that round-trips to JSON)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from dymo.config import Config
+from dymo.errors import ConfigError
+
+
+@dataclass
+class TrainConfig(Config):
+    """Training budget and loss settings (docs/method.md §3)."""
+
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    subsets_per_batch: int | None = None  # None: 5 for >= 4 modalities, else 2
+    # "stratified": every singleton and the full set in every batch, plus the K random subsets
+    # (the encoders still run once per batch); "random": the paper's K random subsets only.
+    subset_schedule: Literal["stratified", "random"] = "stratified"
+    proto_weight: float = 1.0
+    proto_start_epoch: int = 2  # 0-based: the third epoch, as in the paper
+    temperature: float = 0.1
+    patience: int = 3
+    seed: int = 0
+    max_train_samples: int | None = None
+    eval_batch_size: int = 512
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("TrainConfig: epochs and batch_size must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"TrainConfig: lr must be a positive finite number, got {self.lr}")
+        for key in ("weight_decay", "proto_weight", "temperature"):
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"TrainConfig: {key} must be finite, got {getattr(self, key)}")
+        if self.subsets_per_batch is not None and self.subsets_per_batch < 1:
+            raise ConfigError("TrainConfig: subsets_per_batch must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError("TrainConfig: temperature must be positive")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError(f"TrainConfig: max_train_samples must be >= 1 (or null for all), got {self.max_train_samples}")

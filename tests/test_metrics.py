@@ -1,0 +1,117 @@
+"""One set of scores for `dymo evaluate` and `dymo benchmark`; discard / fuse-all need no
+calibration statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from conftest import tiny_backbone
+from dymo.data.synthetic import make_synthetic_splits
+from dymo.errors import ConfigError
+from dymo.evaluation.metrics import auc
+from dymo.evaluation.pipeline import evaluate_methods, scenario_mask
+from dymo.recovery.registry import get_recoverer
+from dymo.selection import SelectionConfig, compute_calibration, select_with_backbone
+
+
+def _probs(n: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % c
+    logits = torch.randn(n, c, generator=g) + 1.5 * torch.nn.functional.one_hot(labels, c)
+    return torch.softmax(logits, 1), labels
+
+
+@pytest.mark.parametrize("c", [2, 3, 5])
+def test_auc_matches_scikit_learn(c: int) -> None:
+    probs, labels = _probs(60, c, seed=c)
+    expected = (
+        roc_auc_score(labels.numpy(), probs[:, 1].numpy())
+        if c == 2
+        else roc_auc_score(labels.numpy(), probs.numpy(), multi_class="ovr", average="macro")
+    )
+    # float32 (torchmetrics) against float64 (scikit-learn): same ranking, rounding apart
+    assert auc(probs, labels) == pytest.approx(expected, abs=1e-6)
+
+
+def test_auc_is_none_when_undefined() -> None:
+    probs, labels = _probs(30, 3, seed=0)
+    assert auc(probs, torch.zeros(30, dtype=torch.long)) is None  # one class only
+    assert auc(probs, labels % 2) is None  # class 2 never occurs: its one-vs-rest score is void
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.manual_seed(0)
+    data = make_synthetic_splits(60, 10, 48, kinds=("vector", "vector", "vector"), vector_dim=4, num_classes=4)
+    backbone = tiny_backbone(data, seed=0)
+    cal = compute_calibration(backbone, data["train"], progress=False)
+    rec = get_recoverer("mean").fit(data["train"], progress=False)
+    return data, backbone, cal, rec
+
+
+def test_evaluate_reports_the_multiclass_auc(world) -> None:
+    data, backbone, cal, rec = world
+    m, results = evaluate_methods(
+        backbone, cal, rec, data["test"], "random:0.5", ("discard", "fuse-all", "dymo"), progress=False, keep_results=True
+    )
+    labels = data["test"].batch(range(len(data["test"]))).labels
+    for name, r in m.items():
+        probs = torch.cat([res.probabilities for res in results[name]])
+        assert r.auc is not None and r.auc == auc(probs, labels)
+
+
+def test_discard_and_fuse_all_need_no_calibration(world) -> None:
+    data, backbone, cal, rec = world
+    test = data["test"]
+    with_cal = evaluate_methods(backbone, cal, rec, test, "random:0.5", ("discard", "fuse-all"), progress=False)
+    without = evaluate_methods(backbone, None, rec, test, "random:0.5", ("discard", "fuse-all"), progress=False)
+    for name in ("discard", "fuse-all"):
+        a, b = with_cal[name].to_dict(), without[name].to_dict()
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b
+    with pytest.raises(ConfigError, match="need calibration statistics"):
+        evaluate_methods(backbone, None, rec, test, "random:0.5", ("dymo",), progress=False)
+
+    batch = test.batch(range(8))
+    observed = scenario_mask("random:0.5", 8, test.modalities, seed=3)
+    tokens = backbone.encode(batch.data)
+    for method in ("discard", "fuse-all"):
+        res = select_with_backbone(backbone, tokens, observed, ~observed, None, SelectionConfig(method=method))
+        ref = select_with_backbone(backbone, tokens, observed, ~observed, cal, SelectionConfig(method=method))
+        assert torch.equal(res.used, ref.used) and res.modalities == tuple(test.modalities)
+        np.testing.assert_array_equal(res.predictions.numpy(), ref.predictions.numpy())
+    with pytest.raises(ConfigError, match="needs calibration statistics"):
+        select_with_backbone(backbone, tokens, observed, ~observed, None, SelectionConfig(method="iterative"))
+
+
+def test_evaluate_and_benchmark_agree_on_the_same_cell(tmp_path) -> None:
+    """One engine and one metrics module: the same models, scenario and seed give the same scores
+    through `dymo evaluate`'s path and through the benchmark."""
+    from dymo.evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from dymo.recovery.registry import load_recoverer
+    from dymo.selection.calibration import Calibration
+    from dymo.training.run import load_backbone
+
+    torch.set_num_threads(1)
+    data = make_synthetic_splits(60, 20, 40, kinds=("vector", "vector", "vector"), vector_dim=4, num_classes=3, seed=2)
+    bb = {"dim": 16, "heads": 2, "depth": 1, "proj_dim": 8, "encoder_options": {"vector_hidden": 16}}
+    cfg = BenchmarkConfig.from_dict(dict(
+        methods=["dymo", "fuse-all", "discard"], missing=["random:0.5"], seeds=[3], recovery=["mean"], epochs=1,
+        batch_size=16, backbone=bb, train={"batch_size": 32, "proto_start_epoch": 0},
+    ))
+    run_benchmark(data, cfg, tmp_path / "bench", progress=False)
+    import pandas as pd
+
+    bench = pd.read_csv(tmp_path / "bench" / "results.csv").set_index("method")
+    models = tmp_path / "bench" / "models"
+    backbone = load_backbone(models / "backbone-cosine")
+    cal = Calibration.load(models / "backbone-cosine" / "calibration.safetensors")
+    rec = load_recoverer(models / "recovery-mean")
+    ev = evaluate_methods(backbone, cal, rec, data["test"], "random:0.5", ("dymo", "fuse-all", "discard"), seed=3, batch_size=16, progress=False)
+    for method, m in ev.items():
+        row = bench.loc[method]
+        assert m.accuracy == row["accuracy"] and m.avg_steps == row["steps"]
+        assert row["auc"] == pytest.approx(m.auc, abs=1e-12)  # CSV round trip of the same float
