@@ -25,7 +25,7 @@ import torch
 
 from dymo.config import Config
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.selection.calibration import Calibration
+from dymo.selection.calibration import Calibration, fuse_rows
 from dymo.selection.reward import ics, quality, reward
 from dymo.utils.io import atomic_write
 from dymo.utils.subsets import masks_to_codes
@@ -48,6 +48,9 @@ def canonical_name(name: str) -> str:
     return new
 
 FuseFn = Callable[[torch.Tensor, torch.Tensor], Any]
+
+_STOP_REASONS = ("", "no candidates", "budget reached", "no candidates left", "single step", "no positive reward")
+_NO_CANDIDATES, _BUDGET, _NONE_LEFT, _SINGLE_STEP, _NO_POSITIVE = range(1, 6)
 
 
 @dataclass
@@ -324,8 +327,8 @@ class _Evaluator:
         cal = self.cal
         dev = z.device
         q = quality(z, cal.overall.to(dev, z.dtype), cal.metric, cal.temperature)
-        codes = masks_to_codes(used).to(dev)
-        p = ics(z, logits, codes, cal.prototypes.to(dev, z.dtype), cal.sigma.to(dev, z.dtype), cal.metric)
+        rows, prototypes, sigma = cal.tables(masks_to_codes(used))
+        p = ics(z, logits, rows.to(dev), prototypes.to(dev, z.dtype), sigma.to(dev, z.dtype), cal.metric)
         return logits, z, q, p
 
 
@@ -444,10 +447,11 @@ def _search(
     rejected = torch.zeros_like(used)
     steps = torch.zeros(b, dtype=torch.long, device=device)
     active = torch.ones(b, dtype=torch.bool, device=device)
-    stop_reason = [""] * b
-    for i in torch.nonzero(~candidates.any(1)).flatten().tolist():
-        stop_reason[i] = "no candidates"
-        active[i] = False
+    # stop reasons as codes into _STOP_REASONS (no Python loop over samples per step)
+    reason = torch.zeros(b, dtype=torch.long, device=device)
+    nothing = ~candidates.any(1)
+    reason[nothing] = _NO_CANDIDATES
+    active &= ~nothing
 
     # State of each sample's current mask, created at the first fuse so that its dtype follows
     # the backbone's output (float32, float64, bfloat16, ...).
@@ -460,13 +464,12 @@ def _search(
     while True:
         if config.max_added is not None:
             capped = active & (steps >= config.max_added)
-            for i in torch.nonzero(capped).flatten().tolist():
-                stop_reason[i] = "budget reached"
+            reason[capped] = _BUDGET
             active &= ~capped
         # Samples with no open candidate left are done.
-        for i in torch.nonzero(active & ~open_.any(1)).flatten().tolist():
-            active[i] = False
-            stop_reason[i] = "no candidates left"
+        done = active & ~open_.any(1)
+        reason[done] = _NONE_LEFT
+        active &= ~done
         pair_b, pair_u = torch.nonzero(open_ & active.unsqueeze(1), as_tuple=True)
         rows_used = used[pair_b].clone()
         rows_used[torch.arange(len(pair_b), device=device), pair_u] = True
@@ -523,15 +526,14 @@ def _search(
                 rank.scatter_(1, order, torch.arange(m, device=device).expand(b, m).contiguous())
                 add &= rank < config.max_added
             win = score.argmax(1)
-            for i in torch.nonzero(forced & ~add.any(1)).flatten().tolist():
-                add[i, win[i]] = True
+            force = forced & ~add.any(1)
+            add[force, win[force]] = True
             negative &= ~add
             rejected |= negative
             open_ &= ~negative & ~add
             n_add = add.sum(1)
             one = n_add == 1
-            for i in torch.nonzero(active).flatten().tolist():
-                stop_reason[i] = "single step" if n_add[i] > 0 else "no positive reward"
+            reason[active] = torch.where(n_add[active] > 0, _SINGLE_STEP, _NO_POSITIVE)
             sel = torch.nonzero(one).flatten()
             if len(sel):
                 w = add[sel].float().argmax(1)
@@ -549,8 +551,7 @@ def _search(
         negative[torch.nonzero(go).flatten(), win[go]] = False  # a forced winner is not rejected
         rejected |= negative
         open_ &= ~negative
-        for i in torch.nonzero(active & ~go).flatten().tolist():
-            stop_reason[i] = "no positive reward"
+        reason[active & ~go] = _NO_POSITIVE
         active &= go
         sel = torch.nonzero(go).flatten()
         if len(sel):
@@ -567,9 +568,8 @@ def _search(
     if bool(final_refuse.any()):
         sel = torch.nonzero(final_refuse).flatten()
         cur_logits[sel] = evaluator(sel, used[sel])[0]
-    for i in range(b):
-        if not stop_reason[i]:
-            stop_reason[i] = "no candidates left"
+    reason[reason == 0] = _NONE_LEFT
+    stop_reason = [_STOP_REASONS[k] for k in reason.tolist()]
     nt = len(hist["action"])
 
     def stack(key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -630,11 +630,13 @@ def select_with_backbone(
     backbone.eval()
 
     def fuse_fn(idx: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = backbone.fuse(tokens[idx], used)
+        out = fuse_rows(backbone, tokens, used, idx, projected)
         return out[0], out[1]
 
     try:
         with torch.no_grad():
+            # the first block's per-token projections, once per sample for every candidate row
+            projected = backbone.project(tokens) if hasattr(backbone, "project") else None
             return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size, modalities=names)
     finally:
         backbone.train(was_training)
