@@ -26,7 +26,7 @@ import torch
 from dymo.config import Config
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.selection.acceptance import added_probabilities, check_threshold_value, sample_thresholds
-from dymo.selection.calibration import Calibration
+from dymo.selection.calibration import Calibration, fuse_rows
 from dymo.selection.reward import ics, quality, reward
 from dymo.utils.io import atomic_write
 from dymo.utils.subsets import masks_to_codes
@@ -49,6 +49,9 @@ def canonical_name(name: str) -> str:
     return new
 
 FuseFn = Callable[[torch.Tensor, torch.Tensor], Any]
+
+_STOP_REASONS = ("", "no candidates", "budget reached", "no candidates left", "single step", "no positive reward")
+_NO_CANDIDATES, _BUDGET, _NONE_LEFT, _SINGLE_STEP, _NO_POSITIVE = range(1, 6)
 
 
 @dataclass
@@ -342,8 +345,8 @@ class _Evaluator:
         cal = self.cal
         dev = z.device
         q = quality(z, cal.overall.to(dev, z.dtype), cal.metric, cal.temperature)
-        codes = masks_to_codes(used).to(dev)
-        p = ics(z, logits, codes, cal.prototypes.to(dev, z.dtype), cal.sigma.to(dev, z.dtype), cal.metric)
+        rows, prototypes, sigma = cal.tables(masks_to_codes(used))
+        p = ics(z, logits, rows.to(dev), prototypes.to(dev, z.dtype), sigma.to(dev, z.dtype), cal.metric)
         return logits, z, q, p
 
 
@@ -462,10 +465,11 @@ def _search(
     rejected = torch.zeros_like(used)
     steps = torch.zeros(b, dtype=torch.long, device=device)
     active = torch.ones(b, dtype=torch.bool, device=device)
-    stop_reason = [""] * b
-    for i in torch.nonzero(~candidates.any(1)).flatten().tolist():
-        stop_reason[i] = "no candidates"
-        active[i] = False
+    # stop reasons as codes into _STOP_REASONS (no Python loop over samples per step)
+    reason = torch.zeros(b, dtype=torch.long, device=device)
+    nothing = ~candidates.any(1)
+    reason[nothing] = _NO_CANDIDATES
+    active &= ~nothing
 
     # State of each sample's current mask, created at the first fuse so that its dtype follows
     # the backbone's output (float32, float64, bfloat16, ...).
@@ -478,13 +482,12 @@ def _search(
     while True:
         if config.max_added is not None:
             capped = active & (steps >= config.max_added)
-            for i in torch.nonzero(capped).flatten().tolist():
-                stop_reason[i] = "budget reached"
+            reason[capped] = _BUDGET
             active &= ~capped
         # Samples with no open candidate left are done.
-        for i in torch.nonzero(active & ~open_.any(1)).flatten().tolist():
-            active[i] = False
-            stop_reason[i] = "no candidates left"
+        done = active & ~open_.any(1)
+        reason[done] = _NONE_LEFT
+        active &= ~done
         pair_b, pair_u = torch.nonzero(open_ & active.unsqueeze(1), as_tuple=True)
         rows_used = used[pair_b].clone()
         rows_used[torch.arange(len(pair_b), device=device), pair_u] = True
@@ -527,7 +530,7 @@ def _search(
         row_of[pair_b, pair_u] = torch.arange(len(pair_b), device=device)
         # NaN compares False: only evaluated entries can be rejected or accepted. The acceptance
         # rule: accepted only if R > tau, rejected for good if R < tau (tau 0: the paper's).
-        tau = sample_thresholds(config.threshold, cal.threshold, initial_used).to(rm.dtype).unsqueeze(1)
+        tau = sample_thresholds(config.threshold, getattr(cal, "threshold", None), initial_used).to(rm.dtype).unsqueeze(1)
         negative = rm < tau
         positive = rm > tau
         forced = active & ~used.any(1)  # nothing used yet: the first addition is forced
@@ -543,15 +546,14 @@ def _search(
                 rank.scatter_(1, order, torch.arange(m, device=device).expand(b, m).contiguous())
                 add &= rank < config.max_added
             win = score.argmax(1)
-            for i in torch.nonzero(forced & ~add.any(1)).flatten().tolist():
-                add[i, win[i]] = True
+            force = forced & ~add.any(1)
+            add[force, win[force]] = True
             negative &= ~add
             rejected |= negative
             open_ &= ~negative & ~add
             n_add = add.sum(1)
             one = n_add == 1
-            for i in torch.nonzero(active).flatten().tolist():
-                stop_reason[i] = "single step" if n_add[i] > 0 else "no positive reward"
+            reason[active] = torch.where(n_add[active] > 0, _SINGLE_STEP, _NO_POSITIVE)
             sel = torch.nonzero(one).flatten()
             if len(sel):
                 w = add[sel].float().argmax(1)
@@ -569,8 +571,7 @@ def _search(
         negative[torch.nonzero(go).flatten(), win[go]] = False  # a forced winner is not rejected
         rejected |= negative
         open_ &= ~negative
-        for i in torch.nonzero(active & ~go).flatten().tolist():
-            stop_reason[i] = "no positive reward"
+        reason[active & ~go] = _NO_POSITIVE
         active &= go
         sel = torch.nonzero(go).flatten()
         if len(sel):
@@ -587,9 +588,8 @@ def _search(
     if bool(final_refuse.any()):
         sel = torch.nonzero(final_refuse).flatten()
         cur_logits[sel] = evaluator(sel, used[sel])[0]
-    for i in range(b):
-        if not stop_reason[i]:
-            stop_reason[i] = "no candidates left"
+    reason[reason == 0] = _NONE_LEFT
+    stop_reason = [_STOP_REASONS[k] for k in reason.tolist()]
     nt = len(hist["action"])
 
     def stack(key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -607,7 +607,7 @@ def _search(
         candidates=candidates.cpu(),
         used=used.cpu(),
         logits=cur_logits,
-        probabilities=added_probabilities(cur_logits, steps.cpu() > 0, config.added_temperature, cal.threshold),
+        probabilities=added_probabilities(cur_logits, steps.cpu() > 0, config.added_temperature, getattr(cal, "threshold", None)),
         steps=steps.cpu(),
         rejected=rejected.cpu(),
         stop_reason=stop_reason,
@@ -618,7 +618,7 @@ def _search(
         gain_history=stack("gain", (b, m)),
         quality_history=stack("q", (b,)),
         ics_history=stack("p", (b,)),
-        thresholds=sample_thresholds(config.threshold, cal.threshold, initial_used).float().cpu(),
+        thresholds=sample_thresholds(config.threshold, getattr(cal, "threshold", None), initial_used).float().cpu(),
     )
 
 
@@ -651,11 +651,13 @@ def select_with_backbone(
     backbone.eval()
 
     def fuse_fn(idx: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = backbone.fuse(tokens[idx], used)
+        out = fuse_rows(backbone, tokens, used, idx, projected)
         return out[0], out[1]
 
     try:
         with torch.no_grad():
+            # the first block's per-token projections, once per sample for every candidate row
+            projected = backbone.project(tokens) if hasattr(backbone, "project") else None
             return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size, modalities=names)
     finally:
         backbone.train(was_training)
