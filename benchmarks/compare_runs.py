@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         df["run"] = label
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
+    if args.value not in df.columns:
+        sys.exit(f"error: no {args.value!r} column in these files (columns: {', '.join(df.columns)})")
     wanted = [m for m in args.methods.split(",") if m]
     if wanted:
         df = df[df["method"].isin(wanted)]
