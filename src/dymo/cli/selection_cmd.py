@@ -41,8 +41,18 @@ def calibrate_cmd(
     devices: str = typer.Option("1", help=SCALE_HELP),
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp (processes start by re-running this command)."),
     num_nodes: int = typer.Option(1, help="Lightning: machines (the run folder must be shared)."),
+    tune_threshold: bool = typer.Option(
+        False, help="Also tune the acceptance threshold tau (per number of observed modalities) on the VALIDATION split with --recovery, and store it with the calibration."
+    ),
+    recovery: Path | None = typer.Option(None, help="Recovery run folder whose recoveries the threshold is tuned for (with --tune-threshold)."),
+    tune_missing: str = typer.Option("random:0.4,random:0.6,random:0.8", help="Simulated missing scenarios on validation (with --tune-threshold)."),
+    tune_seeds: str = typer.Option("0,1", help="Mask seeds per scenario (with --tune-threshold)."),
+    max_val_samples: int | None = typer.Option(None, help="Tune on the first N validation samples (default: all)."),
+    reuse_statistics: bool = typer.Option(False, help="Keep the run's existing calibration statistics; only (re)tune the threshold."),
 ) -> None:
-    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set (a sample counts for the subsets it observes)."""
+    """Compute DyMo's calibration statistics (per-subset prototypes and spreads) on the training set
+    (a sample counts for the subsets it observes); with --tune-threshold also the acceptance rule,
+    tuned on validation data."""
     import io
 
     import torch
@@ -62,11 +72,25 @@ def calibrate_cmd(
     check_positive(max_samples, "--max-samples")
     check_positive(samples_per_class, "--samples-per-class")
     check_sample_size(samples_per_class, 5)
+    check_positive(max_val_samples, "--max-val-samples")
+    if tune_threshold and recovery is None:
+        raise ConfigError("--tune-threshold needs --recovery (the recoverer the threshold is tuned for)")
+    if recovery is not None and not tune_threshold:
+        raise ConfigError("--recovery is only used with --tune-threshold")
+    if reuse_statistics and not tune_threshold:
+        raise ConfigError("--reuse-statistics only makes sense with --tune-threshold")
     options = scale_options(accelerator, devices, strategy, num_nodes)
     backbone = load_backbone(run)
     check_output(run / CALIBRATION_FILE, "calibration", replace=True, option="calibration file")
     ref = data or read_run_config(run)["data"]["name"]
-    train = open_dataset(ref)["train"]
+    ds = open_dataset(ref)
+    if reuse_statistics:
+        from dymo.selection.calibration import Calibration
+
+        cal = Calibration.load(run / CALIBRATION_FILE)
+        _tune_and_save(run, cal, backbone, ds, recovery, tune_missing, tune_seeds, max_val_samples)  # type: ignore[arg-type]
+        return
+    train = ds["train"]
     if max_samples is not None and max_samples < len(train):
         train = train.subset(range(max_samples))
     plan = calibration_plan(train, samples_per_class, seed, batch_size)
@@ -87,10 +111,47 @@ def calibrate_cmd(
             yield d["codes"], d["labels"], d["z"]
 
     cal = finish_calibration(features(), train, backbone.config.metric)
+    if tune_threshold:
+        _tune_and_save(run, cal, backbone, ds, recovery, tune_missing, tune_seeds, max_val_samples)  # type: ignore[arg-type]
+        return
     # Records the weights it was computed with: a retrained backbone makes it stale (refused).
     cal.save(run / CALIBRATION_FILE, backbone_sha256=sha256_file(run / "backbone.safetensors"))
     how = "every sample" if samples_per_class is None else f"at most {samples_per_class} samples per (subset, class)"
     console.print(f"[green]calibrated[/] on {len(train)} training samples ({how}) -> {run / CALIBRATION_FILE}")
+
+
+def _tune_and_save(run: Path, cal: Any, backbone: Any, ds: Any, recovery: Path, tune_missing: str, tune_seeds: str, max_val_samples: int | None) -> None:
+    """Tune the acceptance rule on the validation split, attach it to ``cal`` and save it."""
+    from dymo.recovery.registry import load_recoverer
+    from dymo.selection.acceptance import tune_threshold
+    from dymo.utils.artifact import sha256_file
+
+    val = ds["val"]
+    if max_val_samples is not None and max_val_samples < len(val):
+        val = val.subset(range(max_val_samples))
+    seeds = [int(s) for s in tune_seeds.split(",") if s.strip()]
+    scenarios = [s.strip() for s in tune_missing.split(",") if s.strip()]
+    rec = load_recoverer(recovery, train=ds["train"])
+    cal.threshold = None
+    cal.threshold = tune_threshold(backbone, cal, rec, val, scenarios=scenarios, seeds=seeds, recoverer_name=str(recovery))
+    _print_tuning(cal.threshold)
+    cal.save(run / CALIBRATION_FILE, backbone_sha256=sha256_file(run / "backbone.safetensors"))
+    console.print(f"[green]calibrated[/] with a tuned acceptance rule -> {run / CALIBRATION_FILE}")
+
+
+def _print_tuning(tuned: Any) -> None:
+    table = Table(title=f"acceptance threshold, validation accuracy (%) ({tuned.n_val} samples x {len(tuned.scenarios)} scenarios x {len(tuned.seeds)} seeds)")
+    table.add_column("observed")
+    table.add_column("n")
+    rows = tuned.accuracy_table()
+    names = list(rows[0]["accuracy"]) if rows else []
+    for name in names:
+        table.add_column(f"tau {name}")
+    table.add_column("chosen tau")
+    for r in rows:
+        cells = ["-" if r["accuracy"][k] is None else f"{100 * r['accuracy'][k]:.2f}" for k in names]
+        table.add_row(str(r["observed"]), str(r["n"]), *cells, f"{r['tau']:g}")
+    console.print(table)
 
 
 @app.command("evaluate")
@@ -331,5 +392,11 @@ def bundle_cmd(
 
     check_output(out, "bundle", force=force, inputs=[run, recovery])  # before any work
     clf = DyMoClassifier.from_run(run, recovery, SelectionConfig.from_dict({"method": method}))
+    tuned = clf.calibration.threshold
+    if tuned is not None and Path(tuned.recoverer).resolve() != recovery.resolve():
+        console.print(
+            f"[yellow]warning:[/] the calibration's acceptance threshold was tuned for {tuned.recoverer}, not {recovery}; "
+            f"rerun `dymo calibrate {run} --tune-threshold --recovery {recovery} --reuse-statistics`"
+        )
     clf.save_pretrained(out, force=force, inputs=[run, recovery])
     console.print(f"[green]bundle[/] written to {out}")

@@ -371,9 +371,47 @@ def recovery_report(
         "recover_seconds": seconds,
         "throughput_samples_per_s": n / seconds if seconds > 0 else None,
     }
+    report["chance"] = _chance(dataset)
+    report["warnings"] = coherence_warnings(report)
     if grid_path is not None and grid is not None:
         report["grid"] = str(grid_path) if save_grid(grid[0], grid[1], dataset.specs, grid_path) else None
     return report
+
+
+def _chance(dataset: MultimodalDataset) -> float:
+    """Accuracy of always predicting the most frequent class of ``dataset``."""
+    labels = np.asarray(dataset.labels) if hasattr(dataset, "labels") else None
+    if labels is None or labels.size == 0:
+        return 1.0 / max(1, len(dataset.class_names))
+    return float(np.bincount(labels.astype(np.int64)).max() / labels.size)
+
+
+#: Coherence counts as near chance when it closes less than this share of the gap between chance
+#: and the judge's accuracy on the true data.
+NEAR_CHANCE_SHARE = 0.25
+
+
+def coherence_warnings(report: dict[str, Any]) -> list[str]:
+    """Warnings for a report whose coherence is near chance (overall or for some number of
+    observed modalities): such recoveries carry next to no label information (for MoPoE, often a
+    collapse to the mean image; see ``docs/mopoe.md``)."""
+    chance = report.get("chance")
+    if chance is None:
+        return []
+    ref = report["reference_accuracy"]
+    out = []
+    items = [("overall", report["coherence"]["overall"], ref["overall"])]
+    items += [(f"given {k} observed", v, ref["by_num_observed"].get(k)) for k, v in report["coherence"]["by_num_observed"].items()]
+    for where, coh, top in items:
+        if coh is None or top is None or top <= chance:
+            continue
+        if coh < chance + NEAR_CHANCE_SHARE * (top - chance):
+            out.append(
+                f"coherence {100 * coh:.1f}% ({where}) is near chance ({100 * chance:.1f}%; the judge scores "
+                f"{100 * top:.1f}% on the true data): these recoveries carry little label information"
+                + (" (a MoPoE trained with the authors' settings on a CPU budget collapses like this; see docs/mopoe.md)" if report.get("recoverer") == "mopoe" else "")
+            )
+    return out
 
 
 def save_grid(original: MultimodalBatch, recovered: MultimodalBatch, specs: list[ModalitySpec], path: str | os.PathLike) -> bool:

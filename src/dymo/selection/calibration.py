@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from dymo.errors import BundleError, ConfigError, DataError
+from dymo.selection.acceptance import ThresholdTuning
 from dymo.selection.reward import METRICS
 from dymo.utils.io import load_tensors, save_tensors
 from dymo.utils.subsets import all_subsets, codes_to_masks
@@ -73,6 +74,8 @@ class Calibration:
     counts: torch.Tensor | None = None
     #: sha256 of the backbone weights file the statistics were computed with (None: unknown)
     backbone_sha256: str | None = None
+    # The acceptance rule tuned on validation data (dymo.selection.acceptance), if any.
+    threshold: ThresholdTuning | None = None
 
     def __post_init__(self) -> None:
         if not self.modalities:
@@ -118,6 +121,11 @@ class Calibration:
                 )
         if not bool(torch.isfinite(self.overall).all()):
             raise BundleError(f"{source}: overall prototypes hold NaN or Inf")
+        if self.threshold is not None and len(self.threshold.thresholds) != m:
+            raise BundleError(
+                f"{source}: tuned thresholds have {len(self.threshold.thresholds)} entries, expected {m} "
+                f"(one per number of observed modalities 0..{m - 1})"
+            )
         if self.counts is not None and tuple(self.counts.shape) != (n, c):
             raise BundleError(f"{source}: counts have shape {tuple(self.counts.shape)}, expected {(n, c)}")
 
@@ -143,7 +151,7 @@ class Calibration:
         return Calibration(
             self.metric, self.temperature, self.prototypes.to(device), self.sigma.to(device),
             self.overall.to(device), self.num_modalities, self.modalities,
-            None if self.counts is None else self.counts.to(device), self.backbone_sha256,
+            None if self.counts is None else self.counts.to(device), self.backbone_sha256, self.threshold,
         )
 
     def save(self, path: str | os.PathLike, backbone_sha256: str | None = None) -> None:
@@ -161,6 +169,8 @@ class Calibration:
         }
         if self.backbone_sha256:
             metadata["backbone_sha256"] = self.backbone_sha256
+        if self.threshold is not None:
+            metadata["selection_threshold"] = self.threshold.to_json()
         tensors = {"prototypes": self.prototypes.float(), "sigma": self.sigma.float(), "overall": self.overall.float()}
         if self.counts is not None:
             tensors["counts"] = self.counts.float()
@@ -200,6 +210,8 @@ class Calibration:
         cal.prototypes, cal.sigma, cal.overall = tensors["prototypes"], tensors["sigma"], tensors["overall"]
         cal.counts = tensors.get("counts")
         cal.backbone_sha256 = metadata.get("backbone_sha256")
+        tuned = metadata.get("selection_threshold")
+        cal.threshold = None if tuned is None else ThresholdTuning.from_json(tuned, source=path)
         cal.validate(source=path)
         return cal
 

@@ -25,6 +25,7 @@ import torch
 
 from dymo.config import Config
 from dymo.errors import BundleError, ConfigError, DataError
+from dymo.selection.acceptance import added_probabilities, check_threshold_value, sample_thresholds
 from dymo.selection.calibration import Calibration, fuse_rows
 from dymo.selection.reward import ics, quality, reward
 from dymo.utils.io import atomic_write
@@ -65,11 +66,22 @@ class SelectionConfig(Config):
 
     ``max_added`` caps the number of recovered modalities added per sample (None: no cap).
     ``costs[i]`` (one per modality, >= 0) is subtracted from the reward of adding modality ``i``.
+    ``threshold`` is the acceptance rule: a candidate is accepted only if its reward R > tau
+    (and rejected for good if R < tau). A number is one tau for every sample (0: the paper's
+    rule; ``inf``: discard's decisions; ``-inf``: accept everything); a list gives tau per
+    number of observed modalities (entry k for samples with k observed, k = 0 .. M-1);
+    ``"calibrated"`` (the default) uses the tau tuned on validation data and stored with the
+    calibration (``dymo calibrate --tune-threshold``), and the paper's 0 when it stores none.
+    See :mod:`dymo.selection.acceptance`.
     """
 
     method: Literal["dymo", "iterative", "simultaneous", "fuse-all", "discard"] = "dymo"
     max_added: int | None = None
     costs: list[float] | None = None
+    threshold: float | list[float] | Literal["calibrated"] = "calibrated"
+    # Temperature of the reported probabilities of samples that added a recovery (logits / T;
+    # the prediction is unchanged): "calibrated" = the one tuned with the threshold, else 1.
+    added_temperature: float | Literal["calibrated"] = "calibrated"
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -77,6 +89,10 @@ class SelectionConfig(Config):
         super().__post_init__()
 
     def validate(self) -> None:
+        check_threshold_value(self.threshold)
+        t = self.added_temperature
+        if t != "calibrated" and not (isinstance(t, float) and math.isfinite(t) and t > 0):
+            raise ConfigError(f"SelectionConfig.added_temperature must be a positive number or 'calibrated', got {t!r}")
         if self.max_added is not None and self.max_added < 0:
             raise ConfigError(f"SelectionConfig: max_added must be >= 0, got {self.max_added}")
         if self.costs is not None:
@@ -96,7 +112,7 @@ class CandidateExplanation:
     quality: float
     ics: float
     gain: float
-    decision: str  # "accepted" | "rejected" | "kept" (R >= 0 but not chosen)
+    decision: str  # "accepted" | "rejected" (R < tau) | "kept" (R >= tau but not chosen)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,6 +221,7 @@ class SelectionResult:
     gain_history: torch.Tensor  # [T, B, M]
     quality_history: torch.Tensor  # [T, B]
     ics_history: torch.Tensor  # [T, B]
+    thresholds: torch.Tensor | None = None  # [B], each sample's tau (None: 0, the paper's rule)
 
     def __len__(self) -> int:
         return int(self.used.shape[0])
@@ -238,7 +255,8 @@ class SelectionResult:
                 accepted_mask = torch.zeros_like(evaluated)
                 if action != NO_ACTION:
                     accepted_mask[action] = True
-            rejected_mask = evaluated & (r < 0) & ~accepted_mask
+            tau = 0.0 if self.thresholds is None else float(self.thresholds[i])
+            rejected_mask = evaluated & (r < tau) & ~accepted_mask
             cands = []
             for u in range(len(names)):
                 if not bool(evaluated[u]):
@@ -510,9 +528,11 @@ def _search(
         hist["p"].append(torch.where(searched, cur_p, torch.full_like(cur_p, nan)))
         row_of = torch.full((b, m), -1, dtype=torch.long, device=device)
         row_of[pair_b, pair_u] = torch.arange(len(pair_b), device=device)
-        # NaN compares False: only evaluated entries can be rejected or positive.
-        negative = rm < 0
-        positive = rm > 0
+        # NaN compares False: only evaluated entries can be rejected or accepted. The acceptance
+        # rule: accepted only if R > tau, rejected for good if R < tau (tau 0: the paper's).
+        tau = sample_thresholds(config.threshold, getattr(cal, "threshold", None), initial_used).to(rm.dtype).unsqueeze(1)
+        negative = rm < tau
+        positive = rm > tau
         forced = active & ~used.any(1)  # nothing used yet: the first addition is forced
         score = torch.nan_to_num(rm, nan=-math.inf)
         action = torch.full((b,), NO_ACTION, dtype=torch.long, device=device)
@@ -587,7 +607,7 @@ def _search(
         candidates=candidates.cpu(),
         used=used.cpu(),
         logits=cur_logits,
-        probabilities=torch.softmax(cur_logits, dim=-1),
+        probabilities=added_probabilities(cur_logits, steps.cpu() > 0, config.added_temperature, getattr(cal, "threshold", None)),
         steps=steps.cpu(),
         rejected=rejected.cpu(),
         stop_reason=stop_reason,
@@ -598,6 +618,7 @@ def _search(
         gain_history=stack("gain", (b, m)),
         quality_history=stack("q", (b,)),
         ics_history=stack("p", (b,)),
+        thresholds=sample_thresholds(config.threshold, getattr(cal, "threshold", None), initial_used).float().cpu(),
     )
 
 

@@ -1,4 +1,4 @@
-"""LightningModule for the flexible backbone: K random subsets per batch, encode once."""
+"""LightningModule for the flexible backbone: random (or stratified) subsets per batch, encode once."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from dymo.data.specs import specs_from_list
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.training.config import TrainConfig
 from dymo.training.losses import prototype_loss
-from dymo.utils.subsets import all_subsets, sample_subsets
+from dymo.utils.subsets import all_subsets, sample_subsets, stratified_subsets
 
 
 class BackboneModule(L.LightningModule):
-    """Trains :class:`FlexibleBackbone` as the DyMo authors do.
+    """Trains :class:`FlexibleBackbone` as the DyMo authors do, or with a stratified schedule.
 
-    Per batch: K distinct non-empty subsets (drawn from a generator seeded by the global step,
-    so every DDP rank and a resumed run draw the same ones); the encoders run once and the
+    Per batch (``subset_schedule="random"``, the paper's): K distinct non-empty subsets (drawn
+    from a generator seeded by the global step, so every DDP rank and a resumed run draw the same ones); the encoders run once and the
     tokens are reused for all K fusion passes (the same gradient as re-encoding per subset).
+    ``subset_schedule="stratified"`` (the default) adds every singleton and the full set to
+    the K random subsets of each batch (duplicates removed): each modality is fused alone in
+    every step, not in ~K/(2**M - 1) of them, at the cost of M + 1 more (cheap) fusion passes.
     Loss = mean over passes of CE + ``proto_weight`` x prototype loss, the latter from epoch
     ``proto_start_epoch`` (0-based) on, against class prototypes = mean training feature of
     the previous epoch (a buffer, all-reduced across ranks).
@@ -51,7 +54,10 @@ class BackboneModule(L.LightningModule):
 
     def subsets_for_step(self, step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + step)
-        return sample_subsets(self.backbone.num_modalities, self.num_subsets, g).to(self.device)
+        m = self.backbone.num_modalities
+        if self.train_cfg.subset_schedule == "stratified":
+            return stratified_subsets(m, self.num_subsets, g).to(self.device)
+        return sample_subsets(m, self.num_subsets, g).to(self.device)
 
     def loss_for_tokens(
         self,

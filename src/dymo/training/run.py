@@ -144,6 +144,8 @@ def _check_resume(run: Path, config: dict[str, Any], last: Path) -> None:
     old = read_run_config(run)
     for key in ("specs", "backbone", "train"):
         before, now = old.get(key), config[key]
+        if key == "train" and isinstance(before, dict) and "subset_schedule" not in before:
+            before = {**before, "subset_schedule": "random"}  # runs from before the option trained this way
         if key == "train" and isinstance(before, dict) and before.get("epochs", 0) <= now["epochs"]:
             # A larger --epochs extends a run (no schedule depends on it); nothing else may change.
             before, now = {**before, "epochs": 0}, {**now, "epochs": 0}
