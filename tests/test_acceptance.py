@@ -13,8 +13,8 @@ from dymo.selection.acceptance import (
     ThresholdTuning,
     pick_thresholds,
     resolve_thresholds,
-    tune_threshold,
 )
+from dymo.selection.tuning import tune_threshold
 from test_selection_search import B, M, Table, observed_mask
 
 

@@ -123,7 +123,7 @@ def calibrate_cmd(
 def _tune_and_save(run: Path, cal: Any, backbone: Any, ds: Any, recovery: Path, tune_missing: str, tune_seeds: str, max_val_samples: int | None) -> None:
     """Tune the acceptance rule on the validation split, attach it to ``cal`` and save it."""
     from dymo.recovery.registry import load_recoverer
-    from dymo.selection.acceptance import tune_threshold
+    from dymo.selection.tuning import tune_threshold
     from dymo.utils.artifact import sha256_file
 
     val = ds["val"]

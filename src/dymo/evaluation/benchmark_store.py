@@ -214,7 +214,8 @@ class Models:
         missingness; cached in ``threshold-<metric>-<label>.json``."""
         import re
 
-        from dymo.selection.acceptance import ThresholdTuning, tune_threshold
+        from dymo.selection.acceptance import ThresholdTuning
+        from dymo.selection.tuning import tune_threshold
 
         key = f"threshold {metric} {label}"
         if key in self._thresholds:

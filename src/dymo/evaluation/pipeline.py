@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
-from dymo.data.scenarios import parse_scenario
+from dymo.data.scenarios import parse_scenario, scenario_mask  # noqa: F401 - scenario_mask re-exported
 from dymo.errors import ConfigError
 from dymo.evaluation.engine import SelectionMethod, run_methods
 from dymo.evaluation.metrics import MethodMetrics, method_metrics
@@ -31,11 +31,6 @@ from dymo.selection.selector import (
 )
 
 NEEDS_RECOVERY = {"dymo", "iterative", "simultaneous", "fuse-all"}
-
-
-def scenario_mask(scenario: str, n: int, modalities: Sequence[str], seed: int) -> torch.Tensor:
-    """The observed mask (True = available) a scenario string gives for ``n`` samples."""
-    return torch.from_numpy(parse_scenario(scenario).sample(n, len(modalities), seed=seed, names=list(modalities)))
 
 
 @torch.no_grad()
