@@ -11,6 +11,10 @@ import torch
 
 from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.data.specs import ModalitySpec
+from dymo.models.backbone import BackboneConfig, FlexibleBackbone
+
+#: The smallest backbone the tests use (random weights are enough for contract tests).
+TINY_BACKBONE = BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8, encoder_options={"image_channels": [4, 8, 16]})
 
 NUM_CLASSES = 3
 
@@ -78,3 +82,9 @@ def cli_error(result, *fragments: str) -> str:  # noqa: ANN001 - click.testing.R
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def tiny_backbone(data: SplitDataset, seed: int = 0, **overrides) -> FlexibleBackbone:  # noqa: ANN003
+    """A randomly initialised :data:`TINY_BACKBONE` for ``data`` (seeded), in eval mode."""
+    torch.manual_seed(seed)
+    return FlexibleBackbone(data.specs, data.num_classes, TINY_BACKBONE.replace(**overrides)).eval()

@@ -171,3 +171,31 @@ def test_fuse_equals_plain_transformer_on_used_tokens():
     expected = torch.zeros_like(touched)
     expected[12] = used[12][model.token_modality]
     assert torch.equal(touched, expected)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_eval_fusion_from_shared_projections_equals_plain_transformer(depth):
+    """In evaluation mode the first block runs from per-token projections computed once per
+    sample (``project``) and gathered per row (``rows``): the same function as every
+    nn.TransformerEncoderLayer on [CLS] + the row's used tokens."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(depth)
+    ds = make_synthetic(6, kinds=("image", "vector", "image", "vector"))
+    model = FlexibleBackbone(ds.specs, ds.num_classes, BackboneConfig(dim=16, heads=2, depth=depth, proj_dim=4)).eval()
+    with torch.no_grad():
+        tokens = model.encode(ds.all().data)
+        rows = torch.arange(6).repeat_interleave(15)  # every sample with every subset
+        used = all_subsets(4).repeat(6, 1)
+        shared = model.fuse(tokens, used, rows=rows, projected=model.project(tokens))
+        gathered = model.fuse(tokens[rows], used)
+        for i in range(len(rows)):
+            x = torch.cat([model.cls_token[0], tokens[rows[i], used[i][model.token_modality]]]).unsqueeze(0)
+            model.train()  # the modules as they are (no fast path), dropout is 0
+            for block in model.blocks:
+                x = block(x)
+            model.eval()
+            h = model.norm(x[:, 0])
+            for out in (shared, gathered):
+                torch.testing.assert_close(out.h[i : i + 1], h, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(out.z[i : i + 1], F.normalize(model.projector(h), dim=-1), atol=1e-5, rtol=1e-5)

@@ -140,8 +140,8 @@ def test_outputs_exist_with_one_row_per_cell(first_run):
     assert set(df[df["method"].isin(["discard", "moddrop", "oracle-complete"])]["recoverer"]) == {"none"}
     assert set(df[df["method"].isin(["dymo", "concat", "oracle-selection"])]["recoverer"]) == {"mean"}
     assert df["accuracy"].between(0, 1).all()
-    # + the sweep: fuse-all and dymo at 7 recovery qualities (discard at random:0.6 is a main cell)
-    assert result.computed == len(df) + len(SEEDS) * 2 * 7
+    # + the sweep: fuse-all, dymo-paper and dymo at 7 recovery qualities (discard at random:0.6 is a main cell)
+    assert result.computed == len(df) + len(SEEDS) * 3 * 7
 
 
 def test_methods_behave_as_defined(first_run):
@@ -190,8 +190,8 @@ def test_html_is_self_contained(first_run):
 def test_quality_sweep(first_run):
     out = first_run[0]
     sweep = pd.read_csv(out / "quality_sweep.csv")
-    assert set(sweep["method"]) == {"discard", "fuse-all", "dymo"}
-    assert len(sweep) == 3 * 2 * 4 * len(SEEDS)
+    assert set(sweep["method"]) == {"discard", "fuse-all", "dymo-paper", "dymo"}
+    assert len(sweep) == 4 * 2 * 4 * len(SEEDS)
     assert sorted(set(sweep["p"])) == [0.0, 0.25, 0.5, 0.75]
     main = pd.read_csv(out / "results.csv").set_index(["method", "scenario", "seed"])
     for seed in SEEDS:

@@ -30,3 +30,25 @@ def test_help_still_exits_0(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "Usage" in capsys.readouterr().out
+
+
+def test_abort_exits_130(monkeypatch, capsys):
+    import typer
+
+    import dymo.cli.main as cli_main
+
+    fresh = typer.Typer()
+
+    @fresh.command()
+    def stop() -> None:
+        raise typer.Abort()
+
+    @fresh.command()
+    def other() -> None:  # two commands, so the command name is required
+        pass
+
+    monkeypatch.setattr(cli_main, "app", fresh)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.main(["stop"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"

@@ -165,3 +165,45 @@ def test_cycle_finder_on_toy_packages(tmp_path: Path, files: dict[str, str], exp
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     assert cycles(import_graph(tmp_path, "p")) == expected
+
+
+#: The layers of src/dymo, bottom first: a module imports its own package or lower layers only
+#: (deferred imports included). The bottom layer's modules may import one another.
+LAYERS = (
+    ("dymo.errors", "dymo.config", "dymo.utils"),
+    ("dymo.data",),
+    ("dymo.models",),
+    ("dymo.selection",),
+    ("dymo.training",),  # the one training engine: recoverers and baselines train through it
+    ("dymo.recovery",),
+    ("dymo.baselines",),
+    ("dymo.evaluation",),
+    ("dymo.inference",),
+    ("dymo.demo",),
+    ("dymo.cli",),
+)
+
+
+def _layer(module: str) -> tuple[int, str] | None:
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if module == p or module.startswith(p + "."):
+                return i, p
+    return None
+
+
+def test_imports_run_down_the_layers() -> None:
+    graph = import_graph(SRC, "dymo", deferred=True)
+    unplaced = sorted(m for m in graph if m != "dymo" and _layer(m) is None)
+    assert not unplaced, f"add these packages to LAYERS: {unplaced}"
+    upward = []
+    for a, targets in graph.items():
+        la = _layer(a)
+        for b in targets:
+            lb = _layer(b)
+            if la is None or lb is None or la[1] == lb[1]:
+                continue
+            if lb[0] > la[0] or (lb[0] == la[0] and la[0] > 0):
+                upward.append(f"{a} -> {b}")
+    order = " < ".join("/".join(p.removeprefix("dymo.") for p in ps) for ps in LAYERS)
+    assert not upward, f"imports against the layering ({order}):\n" + "\n".join(sorted(upward))

@@ -66,9 +66,10 @@ def test_backbone_step_fuses_only_observed_modalities() -> None:
     assert len(seen) == len(subsets)
     obs = torch.from_numpy(observed)
     for (t, used), subset in zip(seen, subsets, strict=True):
-        rows = (subset & obs).any(1)
-        assert len(t) == int(rows.sum())
-        assert torch.equal(used, subset & obs[rows])  # a sample's observed part of the subset, nothing else
+        assert len(t) == len(obs)  # every sample observes something: it takes part in every pass
+        assert not (used & ~obs).any()  # only observed modalities are ever fused
+        assert (used | ~(subset & obs)).all()  # what a sample has of the subset is always fused
+        assert torch.equal(used.sum(1), torch.minimum(subset.sum().expand(len(obs)), obs.sum(1)))
     loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in module.parameters())
 
@@ -155,3 +156,17 @@ def test_incomplete_dataset_saves_and_trains_end_to_end(tmp_path) -> None:
     assert all(torch.isfinite(p).all() for p in backbone.parameters())
     cal = compute_calibration(backbone, loaded["train"], progress=False)
     assert cal.counts is not None and int(cal.counts[7].sum()) == int(observed.all(1).sum())
+
+
+def test_size_matched_subsets_stay_within_observed_and_keep_the_size() -> None:
+    from dymo.training.module import size_matched_subsets
+
+    observed = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 0, 1]], dtype=torch.bool)
+    used = torch.tensor([1, 1, 1, 0], dtype=torch.bool)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        mask = size_matched_subsets(used, observed, g)
+        assert not (mask & ~observed).any()
+        assert (mask | ~(used & observed)).all()  # what the sample has of `used` is always kept
+        assert mask.sum(1).tolist() == [3, 2, 1, 3]  # min(|used|, |observed|)
+    assert torch.equal(size_matched_subsets(used, torch.ones(2, 4, dtype=torch.bool)), used.expand(2, -1))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from conftest import tiny_backbone
 from dymo.data.synthetic import make_synthetic_splits
 from dymo.errors import ConfigError
 from dymo.evaluation.metrics import auc
 from dymo.evaluation.pipeline import evaluate_methods, scenario_mask
-from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.recovery.registry import get_recoverer
 from dymo.selection import SelectionConfig, compute_calibration, select_with_backbone
 
@@ -46,7 +46,7 @@ def test_auc_is_none_when_undefined() -> None:
 def world():
     torch.manual_seed(0)
     data = make_synthetic_splits(60, 10, 48, kinds=("vector", "vector", "vector"), vector_dim=4, num_classes=4)
-    backbone = FlexibleBackbone(data.specs, data.num_classes, BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8)).eval()
+    backbone = tiny_backbone(data, seed=0)
     cal = compute_calibration(backbone, data["train"], progress=False)
     rec = get_recoverer("mean").fit(data["train"], progress=False)
     return data, backbone, cal, rec

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
+from conftest import tiny_backbone
 from dymo.baselines.dymo_backbone import FuseAllBaseline
 from dymo.baselines.registry import get_baseline, load_baseline
 from dymo.data.synthetic import make_synthetic_splits
 from dymo.evaluation.benchmark_plan import MethodSpec, plan_methods
 from dymo.evaluation.pipeline import evaluate_methods
-from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.recovery.registry import get_recoverer
 from dymo.selection import SelectionConfig, select_with_backbone
 
@@ -22,7 +22,7 @@ from dymo.selection import SelectionConfig, select_with_backbone
 def world():
     torch.manual_seed(1)
     data = make_synthetic_splits(60, 10, 24, kinds=("vector", "vector", "vector"), vector_dim=4)
-    backbone = FlexibleBackbone(data.specs, data.num_classes, BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8)).eval()
+    backbone = tiny_backbone(data, seed=1)
     rec = get_recoverer("mean").fit(data["train"], progress=False)
     return data, backbone, rec
 

@@ -299,4 +299,4 @@ def test_resumed_training_equals_uninterrupted(train_set: MultimodalDataset, tmp
     for k, v in straight.state().items():
         assert torch.equal(v, resumed.state()[k]), k
     with pytest.raises(ConfigError, match="beta"):
-        MoPoERecoverer(epochs=3, beta=1.0, **TINY).fit(train_set, progress=False, run_dir=tmp_path)
+        MoPoERecoverer(epochs=3, beta=2.5, **TINY).fit(train_set, progress=False, run_dir=tmp_path)

@@ -152,7 +152,7 @@ class M3CareNet(BaselineNet):
         ref_used = torch.ones(n, self.num_modalities, dtype=torch.bool, device=feats.device)
         return self.classify(self.impute(feats, used, ref, ref_used))
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.labels
         assert y is not None
         b, m = len(batch), self.num_modalities
@@ -170,7 +170,7 @@ class M3CareNet(BaselineNet):
         everything = torch.ones(len(ref), m, dtype=torch.bool, device=feats.device)  # references are complete, as the bank
         dropped = self.classify(self.impute(feats, used, ref, everything, exclude))
         full = self.classify(feats)
-        return 0.5 * (F.nll_loss(dropped, y) + F.nll_loss(full, y)), accuracy(full, y)
+        return 0.5 * (F.nll_loss(dropped, y) + F.nll_loss(full, y)), {"train_acc": accuracy(full, y)}
 
     @torch.no_grad()
     def _fingerprint(self, data: dict[str, torch.Tensor]) -> torch.Tensor:

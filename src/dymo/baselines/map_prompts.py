@@ -96,16 +96,16 @@ class MAPNet(BaselineNet):
             return F.log_softmax(self.backbone(data, used).logits, dim=-1)
         return F.log_softmax(self.fuse_prompted(self.backbone.encode(data, used), used), dim=-1)
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.labels
         assert y is not None
         b, m = len(batch), self.num_modalities
         if self.phase == "pretrain":
             lp = F.log_softmax(self.backbone(batch.data, torch.ones(b, m, dtype=torch.bool, device=y.device)).logits, dim=-1)
-            return F.nll_loss(lp, y), accuracy(lp, y)
+            return F.nll_loss(lp, y), {"train_acc": accuracy(lp, y)}
         used = dropout_masks(b, m, self.drop_prob, generator).to(y.device)
         lp = F.log_softmax(self.fuse_prompted(self.backbone.encode(batch.data, used), used), dim=-1)
-        return F.nll_loss(lp, y), accuracy(lp, y)
+        return F.nll_loss(lp, y), {"train_acc": accuracy(lp, y)}
 
     def val_subsets(self) -> torch.Tensor:
         if self.phase == "pretrain":

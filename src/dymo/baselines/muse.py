@@ -91,7 +91,7 @@ class MUSENet(BaselineNet):
     def log_proba(self, data: dict[str, torch.Tensor], used: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.head(self.represent(self.features(data, used), used)), dim=-1)
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.labels
         assert y is not None
         b, m = len(batch), self.num_modalities
@@ -108,7 +108,7 @@ class MUSENet(BaselineNet):
             loss = loss + self.contrastive_weight * (
                 contrastive_loss(z, ids, self.temperature) + contrastive_loss(z, y.repeat(2), self.temperature)
             )
-        return loss, accuracy(lp_full, y)
+        return loss, {"train_acc": accuracy(lp_full, y)}
 
 
 def contrastive_loss(z: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -136,7 +136,7 @@ class PerModalityNet(BaselineNet):
     def log_proba(self, data: dict[str, torch.Tensor], used: torch.Tensor) -> torch.Tensor:
         return self.fuse(self.modality_logits(data, used), used)
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.labels
         assert y is not None
         logits = self.modality_logits(batch.data, None)
@@ -150,7 +150,7 @@ class PerModalityNet(BaselineNet):
             if self.rank_weight > 0:
                 conf = F.softmax(logits, dim=-1).amax(dim=-1)  # [B, M]
                 loss = loss + self.rank_weight * sum(_rank_loss(conf[:, i], per[:, i].detach()) for i in range(m))
-        return loss, accuracy(fused, y)
+        return loss, {"train_acc": accuracy(fused, y)}
 
     def val_subsets(self) -> torch.Tensor:
         if self.fusion == "best":  # the ranking is not known yet: select on the single modalities
@@ -198,14 +198,14 @@ class SubsetBackboneNet(BaselineNet):
             masks += [eye[i].expand(b, m) for i in range(m)]
         return masks
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert batch.labels is not None
         tokens = self.backbone.encode(batch.data)
         lps = [
             F.log_softmax(self.backbone.fuse(tokens, mask.to(tokens.device)).logits, dim=-1)
             for mask in self.training_masks(len(batch), generator)
         ]
-        return cross_entropy_over(lps, batch.labels), accuracy(lps[0], batch.labels)
+        return cross_entropy_over(lps, batch.labels), {"train_acc": accuracy(lps[0], batch.labels)}
 
     def log_proba(self, data: dict[str, torch.Tensor], used: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.backbone(data, used).logits, dim=-1)
@@ -226,11 +226,11 @@ class ConcatNet(BaselineNet):
         f = torch.where(used.unsqueeze(-1), f, torch.zeros((), dtype=f.dtype, device=f.device))
         return F.log_softmax(self.head(f.flatten(1)), dim=-1)
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert batch.labels is not None
         full = torch.ones(len(batch), self.num_modalities, dtype=torch.bool, device=batch.labels.device)
         lp = self.log_proba(batch.data, full)
-        return F.nll_loss(lp, batch.labels), accuracy(lp, batch.labels)
+        return F.nll_loss(lp, batch.labels), {"train_acc": accuracy(lp, batch.labels)}
 
     def val_subsets(self) -> torch.Tensor:
         return torch.ones(1, self.num_modalities, dtype=torch.bool)
@@ -302,7 +302,7 @@ class DynMMNet(BaselineNet):
             return F.log_softmax(self.backbone(data, used).logits, dim=-1)
         return self.choose(data, used)[1]
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.labels
         assert y is not None
         b, m = len(batch), self.num_modalities
@@ -312,7 +312,7 @@ class DynMMNet(BaselineNet):
             masks = [torch.ones(b, m, dtype=torch.bool), dropout_masks(b, m, self.drop_prob, generator)]
             masks += [eye[i].expand(b, m) for i in range(m)] if m > 1 else []
             lps = [F.log_softmax(self.backbone.fuse(tokens, k.to(tokens.device)).logits, dim=-1) for k in masks]
-            return cross_entropy_over(lps, y), accuracy(lps[0], y)
+            return cross_entropy_over(lps, y), {"train_acc": accuracy(lps[0], y)}
         avail = dropout_masks(b, m, self.drop_prob, generator)
         avail[torch.rand(b, generator=generator) < self.complete_prob] = True
         avail = avail.to(y.device)
@@ -327,4 +327,4 @@ class DynMMNet(BaselineNet):
         cost = torch.cat([torch.full((b, m), 1.0 / m, device=y.device), avail.sum(1, keepdim=True) / m], dim=1)
         loss = F.nll_loss(mixed, y) + self.cost_weight * (F.softmax(logits, dim=-1) * cost).sum(dim=1).mean()
         chosen = experts[torch.arange(b, device=y.device), logits.argmax(dim=1)]
-        return loss, accuracy(chosen, y)
+        return loss, {"train_acc": accuracy(chosen, y)}

@@ -103,7 +103,7 @@ class PDFNet(BaselineNet):
         logits, conf = self.modality_outputs(data, used)
         return self.fuse(logits, conf, used, self.calibrate)
 
-    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.labels
         assert y is not None
         logits, conf = self.modality_outputs(batch.data, None)
@@ -113,7 +113,7 @@ class PDFNet(BaselineNet):
         loss = loss + F.l1_loss(conf, true_p, reduction="none").mean(0).sum()
         full = torch.ones(b, m, dtype=torch.bool, device=logits.device)
         fused = self.fuse(logits, conf, full, calibrate=False)  # the paper trains without RC
-        return loss + F.nll_loss(fused, y), accuracy(fused, y)
+        return loss + F.nll_loss(fused, y), {"train_acc": accuracy(fused, y)}
 
 
 class PDFBaseline(NetBaseline):

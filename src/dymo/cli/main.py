@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.ClickException as e:
         print_error(e.format_message())
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, getattr(click.exceptions, "Abort", typer.Abort), KeyboardInterrupt):
         print_error("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     # Without standalone mode Click returns the exit code of typer.Exit (the command's own

@@ -42,6 +42,9 @@ def train_recovery_cmd(
     epochs: int | None = typer.Option(None, help="Training epochs (neural recoverers)."),
     seed: int | None = typer.Option(None, help="Random seed (recoverers that have one)."),
     set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE (JSON value), repeatable."),
+    preset: str | None = typer.Option(
+        None, help="Named settings applied before --set: mopoe has 'cpu' (the default settings) and 'paper' (the authors': beta 2.5, Laplace scale 0.75, no KL warm-up)."
+    ),
     device: str = typer.Option("cpu", help="Torch device for neural recoverers that support it (mopoe, mmvae-plus, cmvae)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch and BLAS (threadpoolctl)."),
     max_train_samples: int | None = typer.Option(None, help="Use only the first N training samples."),
@@ -70,6 +73,11 @@ def train_recovery_cmd(
     _limit_threads(threads)
     cls = recoverer_class(model)  # mopoe: imported lazily from dymo.recovery.mopoe
     overrides = _parse_sets(set_)
+    if preset is not None:
+        if preset not in cls.presets:
+            known = ", ".join(cls.presets) or "none"
+            raise ConfigError(f"--preset {preset!r}: recoverer {model!r} has no such preset (known: {known})")
+        overrides = {**cls.presets[preset], **overrides}
     fields = set(cls.config_class.__dataclass_fields__)
     for key, value in (("epochs", epochs), ("seed", seed)):
         if value is not None:
@@ -176,6 +184,8 @@ def recovery_report_cmd(
     out.print(mods)
     tp = report["throughput_samples_per_s"]
     out.print(f"throughput: {tp:.0f} samples/s" if tp else "throughput: -")
+    for line in report.get("warnings", []):
+        out.print(f"[yellow]warning:[/] {line}")
     out.print(f"wrote {run / 'report.json'}" + (f" and {report['grid']}" if report.get("grid") else ""))
 
 

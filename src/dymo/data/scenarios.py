@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dymo.data.dataset import MultimodalDataset
 from dymo.errors import ScenarioError
@@ -390,3 +391,8 @@ def apply_value_missing(
         x[holes] = np.nan
         arrays[name] = x
     return MultimodalDataset(dataset.specs, arrays, dataset.labels, dataset.class_names, dataset.observed, dataset.name)
+
+
+def scenario_mask(scenario: str, n: int, modalities: Sequence[str], seed: int) -> torch.Tensor:
+    """The observed mask (True = available) a scenario string gives for ``n`` samples."""
+    return torch.from_numpy(parse_scenario(scenario).sample(n, len(modalities), seed=seed, names=list(modalities)))

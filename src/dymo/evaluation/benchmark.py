@@ -51,6 +51,7 @@ from dymo.evaluation.benchmark_plan import (
     ABLATION,
     DEFAULT_METHODS,
     NO_RECOVERY,
+    RULE_VARIANTS,
     SWEEP_METHODS,
     SWEEP_SCENARIO,
     UPPER_BOUNDS,
@@ -84,8 +85,9 @@ from dymo.evaluation.engine import (
 from dymo.evaluation.metrics import MethodMetrics, method_metrics
 from dymo.evaluation.pipeline import scenario_mask
 from dymo.recovery.base import Recoverer
-from dymo.selection.selector import SEARCHING, SelectionConfig
+from dymo.selection.selector import SEARCHING
 from dymo.utils.io import read_json, write_json
+from dymo.utils.progress import progress_columns
 
 log = logging.getLogger("dymo.benchmark")
 
@@ -146,8 +148,8 @@ def _evaluate_group(
         for metric in dict.fromkeys(c.method.metric for c in selection):
             net = models.backbone(metric)
             for c in (c for c in selection if c.method.metric == metric):
-                cal = models.calibration(metric) if c.method.base in SEARCHING else None
-                methods.append(SelectionMethod(c.key, net, cal, SelectionConfig(method=c.method.base), recovery))  # type: ignore[arg-type]
+                cal = models.calibration(metric) if c.method.base in (*SEARCHING, *RULE_VARIANTS) else None
+                methods.append(SelectionMethod(c.key, net, cal, models.selection_config(c.method.base, metric, c.recoverer), recovery))
         shuffled = None
         for c in group:
             if c.method.kind == "selection":
@@ -190,7 +192,7 @@ def _finish(cell: Cell, ran: EngineResult, mods: Sequence[str]) -> MethodMetrics
     hist = torch.bincount(steps, minlength=1).float() / len(steps)
     rec_s = ran.recovery_seconds.get(cell.recoverer, 0.0) if cell.recoverer != NO_RECOVERY else 0.0
     return method_metrics(
-        cell.method.name, cell.scenario, cell.seed, probs=r.probs, labels=ran.labels, observed=ran.observed,
+        cell.method.name, cell.scenario, cell.seed, probs=r.probs, predictions=r.predictions, labels=ran.labels, observed=ran.observed,
         candidates=ran.candidates, offers_recovery=selection and cell.method.base != "discard",
         steps=steps, added=r.added if selection else None, modalities=mods,
         seconds=r.seconds + r.shared_seconds + rec_s,
@@ -267,16 +269,9 @@ def run_benchmark(
     groups: dict[tuple[str, int], list[Cell]] = {}
     for c in pending:
         groups.setdefault((c.scenario, c.seed), []).append(c)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = progress_columns()
     with Progress(*columns, disable=not progress) as bar:
         t_cells = bar.add_task("benchmark cells", total=len(pending))
         t_batch = bar.add_task("", total=len(test), visible=False)
@@ -304,8 +299,10 @@ def _prepare(pending: list[Cell], models: Models) -> None:
         m = c.method
         if m.kind == "selection":
             models.backbone(m.metric)  # type: ignore[arg-type]
-            if m.base in SEARCHING:
+            if m.base in (*SEARCHING, *RULE_VARIANTS):
                 models.calibration(m.metric)  # type: ignore[arg-type]
+            if m.base == "dymo" and c.recoverer != NO_RECOVERY:
+                models.threshold(m.metric, c.recoverer)  # type: ignore[arg-type]
         else:
             models.baseline(m.base)
         if c.recoverer != NO_RECOVERY and not c.recoverer.startswith("oracle["):

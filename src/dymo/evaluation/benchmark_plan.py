@@ -19,8 +19,10 @@ from dymo.errors import ConfigError
 from dymo.selection.selector import METHODS, canonical_name
 
 METRIC_NAMES = ("cosine", "euclidean")
-#: The ablation of the paper, in its order.
-ABLATION = ("fuse-all", "simultaneous", "iterative", "dymo")
+#: DyMo with the paper's acceptance rule (tau 0); ``dymo`` uses the rule tuned on validation.
+RULE_VARIANTS = ("dymo-paper",)
+#: The ablation of the paper, in its order (then the calibrated acceptance rule).
+ABLATION = ("fuse-all", "simultaneous", "iterative", "dymo-paper", "dymo")
 #: EXPERIMENT-ONLY upper bounds: they read the true missing data or the labels.
 UPPER_BOUNDS = ("oracle-complete", "oracle-selection", "oracle-selection-shuffled")
 #: Baselines that are the DyMo backbone with a fixed policy: no training of their own.
@@ -32,7 +34,7 @@ DEFAULT_METHODS = (
 )
 SWEEP_SCENARIO = "random:0.6"
 SWEEP_LEVELS = (0.0, 0.25, 0.5, 0.75)
-SWEEP_METHODS = ("discard", "fuse-all", "dymo")
+SWEEP_METHODS = ("discard", "fuse-all", "dymo-paper", "dymo")
 
 LogFn = Callable[[str], None]
 
@@ -153,9 +155,9 @@ def plan_methods(methods: Sequence[str], metrics: Sequence[str]) -> list[MethodS
         name = canonical_name(raw.strip())  # a deprecated alias (impute-all) warns
         base, metric = name, None
         for m in METRIC_NAMES:
-            if name.endswith(f"-{m}") and name[: -len(m) - 1] in METHODS:
+            if name.endswith(f"-{m}") and name[: -len(m) - 1] in (*METHODS, *RULE_VARIANTS):
                 base, metric = name[: -len(m) - 1], m
-        if base in METHODS:
+        if base in METHODS or base in RULE_VARIANTS:
             if metric is not None and metric not in metrics:
                 raise ConfigError(f"method {name!r} needs the {metric} metric; add it to --metric")
             for m in [metric] if metric else metrics:
@@ -168,7 +170,7 @@ def plan_methods(methods: Sequence[str], metrics: Sequence[str]) -> list[MethodS
         elif name in BASELINES:
             add(MethodSpec(name, "baseline", name))
         else:
-            known = [*METHODS, *(f"{b}-{m}" for b in ("dymo",) for m in METRIC_NAMES), *BASELINES, "oracle-selection-shuffled"]
+            known = [*METHODS, *RULE_VARIANTS, *(f"{b}-{m}" for b in ("dymo",) for m in METRIC_NAMES), *BASELINES, "oracle-selection-shuffled"]
             raise ConfigError(f"unknown method {name!r}; known: {sorted(set(known))}")
     return out
 

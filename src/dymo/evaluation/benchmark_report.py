@@ -124,7 +124,7 @@ def write_reports(
     main_order = [lab for lab in order if lab not in upper]
     upper_order = [lab for lab in order if lab in upper]
 
-    csv_cols = ["method", "kind", "metric", "recoverer", "scenario", "seed", "n", "accuracy", "auc", "steps", "acceptance", "seconds", "missing_rate"]
+    csv_cols = ["method", "kind", "metric", "recoverer", "scenario", "seed", "n", "accuracy", "auc", "ece", "steps", "acceptance", "seconds", "missing_rate"]
     _write_csv(out / "results.csv", df[csv_cols].rename(columns={"kind": "family"}))
     files["results.csv"] = out / "results.csv"
 
@@ -314,7 +314,7 @@ def _quality_sweep(out: Path, sweep: pd.DataFrame, files: dict[str, Path]) -> tu
             points = [("misaligned", p_mis)] if p_noise == 0 else []
             points += [("noise", p_noise)] if p_mis == 0 else []
         for kind, p in points:
-            rows.append({"sweep": kind, "p": p, **{k: r[k] for k in ("method", "seed", "accuracy", "auc", "steps", "acceptance", "seconds")}})
+            rows.append({"sweep": kind, "p": p, **{k: r[k] for k in ("method", "seed", "accuracy", "auc", "ece", "steps", "acceptance", "seconds")}})
     tab = pd.DataFrame(rows)
     _write_csv(out / "quality_sweep.csv", tab)
     files["quality_sweep.csv"] = out / "quality_sweep.csv"

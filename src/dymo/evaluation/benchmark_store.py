@@ -58,6 +58,7 @@ class Models:
         self._calibrations: dict[str, Calibration] = {}
         self._recoverers: dict[str, Recoverer] = {}
         self._baselines: dict[str, Any] = {}
+        self._thresholds: dict[str, Any] = {}
         self.info: dict[str, str] = {}
         self._file_sha: dict[tuple[str, int, int], str] = {}
 
@@ -206,6 +207,46 @@ class Models:
             raise ConfigError(f"recoverer {label!r} knows modalities {list(rec.modalities)}, the data has {list(self.data.modalities)}")
         self._recoverers[label] = rec
         return rec
+
+    def threshold(self, metric: str, label: str) -> Any:
+        """DyMo's acceptance rule (a :class:`~dymo.selection.acceptance.ThresholdTuning`) for this
+        backbone and recoverer, tuned on the (scaled) validation split under simulated
+        missingness; cached in ``threshold-<metric>-<label>.json``."""
+        import re
+
+        from dymo.selection.acceptance import ThresholdTuning
+        from dymo.selection.tuning import tune_threshold
+
+        key = f"threshold {metric} {label}"
+        if key in self._thresholds:
+            return self._thresholds[key]
+        slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", label)
+        path = self.folder / f"threshold-{metric}-{slug}.json"
+        if path.exists():
+            tuned = ThresholdTuning.from_dict(read_json(path), source=str(path))
+        else:
+            val = self.data["val"]
+            self.log(f"tuning the acceptance threshold of the {metric} backbone with {label} on {len(val)} validation samples")
+            rec = self.sweep_recoverer(label, 0) if label.startswith("oracle[") else self.recoverer(label)
+            tuned = tune_threshold(
+                self.backbone(metric), self.calibration(metric), rec, val, batch_size=self.config.batch_size, recoverer_name=label
+            )
+            write_json(path, tuned.to_dict())
+        self.info[key] = (
+            f"tau per number observed {tuned.thresholds}, temperature {tuned.added_temperature:g} for samples that added a "
+            f"recovery (tuned on validation, {path.name})"
+        )
+        self._thresholds[key] = tuned
+        return tuned
+
+    def selection_config(self, base: str, metric: str, label: str) -> Any:
+        """``dymo``: the tuned acceptance rule; ``dymo-paper`` and the ablation variants: tau 0."""
+        from dymo.selection.selector import SelectionConfig
+
+        if base == "dymo" and label != NO_RECOVERY:
+            tuned = self.threshold(metric, label)
+            return SelectionConfig(method="dymo", threshold=tuned.thresholds, added_temperature=tuned.added_temperature)
+        return SelectionConfig.from_dict({"method": "dymo" if base == "dymo-paper" else base, "threshold": 0.0, "added_temperature": 1.0})
 
     def oracle(self) -> Recoverer:
         if "__oracle__" not in self._recoverers:
@@ -387,6 +428,7 @@ def cell_row(cell: dict[str, Any], spec: MethodSpec) -> dict[str, Any]:
         "n": m["n"],
         "accuracy": m["accuracy"],
         "auc": m["auc"],
+        "ece": m.get("ece"),
         "steps": m["avg_steps"] if cell["kind"] == "selection" else None,
         "acceptance": m["acceptance_rate"],
         "seconds": m["seconds"],

@@ -32,6 +32,7 @@ class MethodMetrics:
     missing_rate: float
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    ece: float | None = None  # expected calibration error of the top-class confidence (15 bins)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -58,6 +59,21 @@ def auc(probs: torch.Tensor, labels: torch.Tensor) -> float | None:
     from torchmetrics.functional.classification import multiclass_auroc
 
     return float(multiclass_auroc(probs, labels, num_classes=num_classes, average="macro"))
+
+
+def ece(probs: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Expected calibration error of the top-class confidence (15 equal-width bins, L1);
+    ``None`` for an empty set."""
+    if len(labels) == 0:
+        return None
+    from torchmetrics.functional.classification import (
+        binary_calibration_error,
+        multiclass_calibration_error,
+    )
+
+    if probs.shape[1] == 2:
+        return float(binary_calibration_error(probs[:, 1], labels, n_bins=15))
+    return float(multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=15))
 
 
 def method_metrics(
@@ -98,6 +114,7 @@ def method_metrics(
         n=n,
         accuracy=float(correct.mean()),
         auc=auc(probs, labels),
+        ece=ece(probs, labels),
         avg_steps=float(steps.float().mean()),
         acceptance_rate=(float(added.sum()) / offered) if offered else None,
         acceptance_per_modality={

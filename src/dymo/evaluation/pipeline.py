@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
-from dymo.data.scenarios import parse_scenario
+from dymo.data.scenarios import parse_scenario, scenario_mask  # noqa: F401 - scenario_mask re-exported
 from dymo.errors import ConfigError
 from dymo.evaluation.engine import SelectionMethod, run_methods
 from dymo.evaluation.metrics import MethodMetrics, method_metrics
@@ -31,11 +31,6 @@ from dymo.selection.selector import (
 )
 
 NEEDS_RECOVERY = {"dymo", "iterative", "simultaneous", "fuse-all"}
-
-
-def scenario_mask(scenario: str, n: int, modalities: Sequence[str], seed: int) -> torch.Tensor:
-    """The observed mask (True = available) a scenario string gives for ``n`` samples."""
-    return torch.from_numpy(parse_scenario(scenario).sample(n, len(modalities), seed=seed, names=list(modalities)))
 
 
 @torch.no_grad()
@@ -53,7 +48,9 @@ def evaluate_methods(
     observed: torch.Tensor | None = None,
     keep_results: bool = False,
     value_missing: str | None = None,
-) -> dict[str, MethodMetrics] | tuple[dict[str, MethodMetrics], dict[str, list[SelectionResult]]]:
+    scale: Any = None,
+    parts_dir: Any = None,
+) -> dict[str, MethodMetrics] | tuple[dict[str, MethodMetrics], dict[str, list[SelectionResult]]] | None:
     """Score each selection method (``METHODS``) on ``dataset`` under ``scenario``.
 
     ``observed`` overrides the scenario's mask (e.g. a mask CSV). ``selection`` holds extra
@@ -65,6 +62,10 @@ def evaluate_methods(
     recoverer fills its entries from what is there, and it is a candidate that DyMo may add
     (``discard`` leaves it out) - except for a sample with nothing else observed, which starts
     from its imputed table.
+
+    ``scale`` (a :class:`dymo.utils.scale.ScaleOptions`): run the batches through Lightning
+    over several processes (``parts_dir``: a folder every process sees); the metrics are the
+    same as in one process, returned by the first process (``None`` in the others).
     """
     methods = [canonical_name(m) for m in methods]
     unknown = [m for m in methods if m not in METHODS]
@@ -101,13 +102,22 @@ def evaluate_methods(
         )
         for m in methods
     ]
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"evaluating {scenario}", total=n)
-        ran = run_methods(
-            dataset, obs_all, runners, {"recovery": recoverer} if need_rec else {}, batch_size,
-            masks=_value_missing_masks if value_missing is not None else None,
-            on_batch=lambda k: bar.advance(task, k),
-        )
+    recoverers = {"recovery": recoverer} if need_rec else {}
+    masks = _value_missing_masks if value_missing is not None else None
+    if scale is not None:
+        from dymo.evaluation.scale import run_methods_scaled
+
+        if keep_results:
+            raise ConfigError("keep_results is not available with several processes")
+        ran = run_methods_scaled(dataset, obs_all, runners, recoverers, batch_size, masks, scale, parts_dir)
+        if ran is None:  # not the first process
+            return None
+    else:
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"evaluating {scenario}", total=n)
+            ran = run_methods(
+                dataset, obs_all, runners, recoverers, batch_size, masks=masks, on_batch=lambda k: bar.advance(task, k)
+            )
     shared = sum(ran.recovery_seconds.values())
     out = {}
     for m in methods:

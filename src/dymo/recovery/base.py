@@ -99,6 +99,8 @@ class Recoverer(ABC):
     config_class: ClassVar[type[RecovererConfig]] = RecovererConfig
     #: True only for the experiment-only oracle: it reads the slots it is told are missing.
     reads_missing: ClassVar[bool] = False
+    #: Named config overrides (``dymo train recovery --preset NAME``); none by default.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Whether a sample with no observed modality at all can be recovered (e.g. mean imputation).
     allows_empty: ClassVar[bool] = False
     #: Whether NaN *entries* inside an observed vector modality are accepted (and imputed).

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -35,8 +34,10 @@ from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
+from dymo.training.engine import FitConfig, fit_module
 from dymo.utils.artifact import component_manifest, load_weights, read_manifest
 from dymo.utils.io import atomic_write, save_tensors, write_json
+from dymo.utils.progress import progress_bar
 
 log = logging.getLogger("dymo.recovery")
 
@@ -178,36 +179,43 @@ class UnimodalClassifier(nn.Module):
                 enc = self.encoders[s.name]
                 enc.mean.copy_(torch.from_numpy(np.nanmean(arr, axis=0)).float())
                 enc.std.copy_(torch.from_numpy(np.nanstd(arr, axis=0)).float().clamp(min=1e-6))
-        opt = torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-        self.train()
-        with torch.random.fork_rng(devices=[]), progress_bar(progress) as bar:
+        fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed)
+        device = next(self.parameters()).device
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            task = bar.add_task(description, total=steps, info="") if bar else None
-            for epoch in range(cfg.epochs):
-                correct = total = 0
-                for batch in train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-                    y = batch.labels
-                    loss = torch.zeros(())
-                    for name, lg in self.logits({k: zero_nan_values(v) for k, v in batch.data.items()}).items():
-                        yj = y
-                        if not complete:
-                            rows = batch.observed[:, self.modalities.index(name)]
-                            if not bool(rows.any()):
-                                loss = loss + 0.0 * lg.sum()
-                                continue
-                            lg, yj = lg[rows], y[rows]
-                        loss = loss + F.cross_entropy(lg, yj)
-                        correct += int((lg.argmax(-1) == yj).sum())
-                        total += len(yj)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if bar:
-                        bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item() / len(self.specs):.3f} acc {correct / max(total, 1):.3f}")
-                log.info("%s epoch %d: train accuracy %.4f", description, epoch + 1, correct / max(total, 1))
-        self.eval()
+            self._description = description
+            fit_module(self, train, fit, progress=progress, name=description, device=device)
         return self
+
+    # The training engine's hooks (dymo.training.engine): epoch e shuffles with seed * 1000 + e.
+    def epoch_seeds(self, epoch: int) -> tuple[int, int]:
+        return self.config.seed * 1000 + epoch, 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._correct = self._total = 0
+
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sum over modalities of the cross-entropy on the samples that observe the modality."""
+        y = batch.labels
+        assert y is not None
+        complete = bool(batch.observed.all())
+        loss = torch.zeros((), device=y.device)
+        for name, lg in self.logits({k: zero_nan_values(v) for k, v in batch.data.items()}).items():
+            yj = y
+            if not complete:
+                rows = batch.observed[:, self.modalities.index(name)]
+                if not bool(rows.any()):
+                    loss = loss + 0.0 * lg.sum()
+                    continue
+                lg, yj = lg[rows], y[rows]
+            loss = loss + F.cross_entropy(lg, yj)
+            self._correct += int((lg.argmax(-1) == yj).sum())
+            self._total += len(yj)
+        return loss, {"train_acc": self._correct / max(self._total, 1)}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        name = getattr(self, "_description", "unimodal classifiers")
+        log.info("%s epoch %d: train accuracy %.4f", name, epoch + 1, self._correct / max(self._total, 1))
 
     @torch.no_grad()
     def embed_dataset(self, ds: MultimodalDataset, batch_size: int = 1024, progress: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -253,42 +261,6 @@ class UnimodalClassifier(nn.Module):
             raise BundleError(f"{path / 'weights.safetensors'}: does not fit the config ({e})") from None
         model.eval()
         return model
-
-
-class progress_bar:
-    """A rich progress bar with an ``info`` column, or ``None`` when disabled."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self):  # noqa: ANN204 - returns Progress | None
-        if not self.enabled:
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self.bar.__enter__()
-        return self.bar
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -399,9 +371,47 @@ def recovery_report(
         "recover_seconds": seconds,
         "throughput_samples_per_s": n / seconds if seconds > 0 else None,
     }
+    report["chance"] = _chance(dataset)
+    report["warnings"] = coherence_warnings(report)
     if grid_path is not None and grid is not None:
         report["grid"] = str(grid_path) if save_grid(grid[0], grid[1], dataset.specs, grid_path) else None
     return report
+
+
+def _chance(dataset: MultimodalDataset) -> float:
+    """Accuracy of always predicting the most frequent class of ``dataset``."""
+    labels = np.asarray(dataset.labels) if hasattr(dataset, "labels") else None
+    if labels is None or labels.size == 0:
+        return 1.0 / max(1, len(dataset.class_names))
+    return float(np.bincount(labels.astype(np.int64)).max() / labels.size)
+
+
+#: Coherence counts as near chance when it closes less than this share of the gap between chance
+#: and the judge's accuracy on the true data.
+NEAR_CHANCE_SHARE = 0.25
+
+
+def coherence_warnings(report: dict[str, Any]) -> list[str]:
+    """Warnings for a report whose coherence is near chance (overall or for some number of
+    observed modalities): such recoveries carry next to no label information (for MoPoE, often a
+    collapse to the mean image; see ``docs/mopoe.md``)."""
+    chance = report.get("chance")
+    if chance is None:
+        return []
+    ref = report["reference_accuracy"]
+    out = []
+    items = [("overall", report["coherence"]["overall"], ref["overall"])]
+    items += [(f"given {k} observed", v, ref["by_num_observed"].get(k)) for k, v in report["coherence"]["by_num_observed"].items()]
+    for where, coh, top in items:
+        if coh is None or top is None or top <= chance:
+            continue
+        if coh < chance + NEAR_CHANCE_SHARE * (top - chance):
+            out.append(
+                f"coherence {100 * coh:.1f}% ({where}) is near chance ({100 * chance:.1f}%; the judge scores "
+                f"{100 * top:.1f}% on the true data): these recoveries carry little label information"
+                + (" (a MoPoE trained with the authors' settings on a CPU budget collapses like this; see docs/mopoe.md)" if report.get("recoverer") == "mopoe" else "")
+            )
+    return out
 
 
 def save_grid(original: MultimodalBatch, recovered: MultimodalBatch, specs: list[ModalitySpec], path: str | os.PathLike) -> bool:

@@ -88,8 +88,8 @@ from dymo.recovery.mopoe import (
     VectorDecoder,
     VectorEncoder,
     _epoch_seed,
-    _progress_bar,
 )
+from dymo.training.engine import FitConfig, fit_module
 
 log = logging.getLogger(__name__)
 
@@ -361,38 +361,11 @@ class MultiVaeRecoverer(Recoverer):
         self.model.eval()
 
     def _fit_local(self, model: nn.Module, train: MultimodalDataset, progress: bool) -> None:
-        from pythae.data.datasets import DatasetOutput
-
         cfg = self.config
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        steps = math.ceil(len(train) / cfg.batch_size)
-        with _forked_rng(self.device), _progress_bar(progress) as bar:
-            task = None if bar is None else bar.add_task(self.name, total=cfg.epochs * steps, info="")
-            for epoch in range(cfg.epochs):
-                model.train()
-                torch.manual_seed(_epoch_seed(cfg.seed, epoch, 1))
-                total, n = 0.0, 0
-                loader = train.loader(cfg.batch_size, shuffle=True, seed=_epoch_seed(cfg.seed, epoch, 0))
-                for step, batch in enumerate(loader):
-                    inputs = DatasetOutput(data={k: self._to_net(k, v) for k, v in batch.data.items()})
-                    out = model(inputs, epoch=epoch + 1, dataset_size=len(train), batch_ratio=step / steps)
-                    loss = out.loss
-                    if not torch.isfinite(loss):
-                        raise DataError(
-                            f"{self.name}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                            "lower lr or raise likelihood_scale"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(out.get("loss_sum", loss).detach())
-                    n += len(batch)
-                    if bar is not None and task is not None:
-                        bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss/sample {float(loss.detach()) / len(batch):.1f}")
-                model.update()
-                record = {"epoch": epoch + 1, "loss": total / max(n, 1)}
-                self.history.append(record)
-                log.info("%s epoch %d: loss/sample %.2f", self.name, epoch + 1, record["loss"])
+        objective = _MultiVaeObjective(self, model, len(train), self.history)
+        fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+        with _forked_rng(self.device):
+            fit_module(objective, train, fit, progress=progress, name=self.name, device=self.device)
 
     def _fit_with_multivae_trainer(self, model: nn.Module, train: MultimodalDataset) -> nn.Module:
         """Train with MultiVae's ``BaseTrainer`` (in a temporary output folder, deleted after)."""
@@ -523,6 +496,52 @@ def _rng_devices(device: torch.device) -> list[int]:
     if device.type == "cuda":
         return [device.index if device.index is not None else torch.cuda.current_device()]
     return []
+
+
+class _MultiVaeObjective(nn.Module):
+    """A MultiVae model's own loss for the training engine (:mod:`dymo.training.engine`).
+
+    Epoch ``e`` shuffles with ``(seed, e, 0)`` and seeds torch's global RNG (MultiVae samples
+    from it) with ``(seed, e, 1)``; ``model.update()`` runs after every epoch. ``history`` gets
+    the loss per sample of every epoch.
+    """
+
+    divergence_hint = "lower lr or raise likelihood_scale"
+
+    def __init__(self, recoverer: MultiVaeRecoverer, model: nn.Module, dataset_size: int, history: list[dict[str, float]]) -> None:
+        super().__init__()
+        self.model = model
+        self.to_net = recoverer._to_net
+        self.seed = recoverer.config.seed
+        self.component = recoverer.name
+        self.dataset_size = dataset_size
+        self.steps = math.ceil(dataset_size / recoverer.config.batch_size)
+        self.history = history
+        self._epoch = self._step = self._n = 0
+        self._total = 0.0
+
+    def epoch_seeds(self, epoch: int) -> tuple[int, int]:
+        return _epoch_seed(self.seed, epoch, 0), _epoch_seed(self.seed, epoch, 1)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        torch.manual_seed(_epoch_seed(self.seed, epoch, 1))
+        self._epoch, self._step, self._n, self._total = epoch, 0, 0, 0.0
+
+    def training_loss(self, batch: MultimodalBatch, generator: torch.Generator) -> torch.Tensor:
+        from pythae.data.datasets import DatasetOutput
+
+        inputs = DatasetOutput(data={k: self.to_net(k, v) for k, v in batch.data.items()})
+        out = self.model(inputs, epoch=self._epoch + 1, dataset_size=self.dataset_size, batch_ratio=self._step / self.steps)
+        self._step += 1
+        self._total += float(out.get("loss_sum", out.loss).detach())
+        self._n += len(batch)
+        return out.loss
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.model.update()
+        record = {"epoch": epoch + 1, "loss": self._total / max(self._n, 1)}
+        self.history.append(record)
+        log.info("%s epoch %d: loss/sample %.2f", self.component, epoch + 1, record["loss"])
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """DyMo's inference-time selection: calibration statistics, the label-free reward and the
 per-sample greedy search (plus the ablation variants)."""
 
-from dymo.selection.calibration import Calibration, compute_calibration
+from dymo.selection.calibration import Calibration, LazyCalibration, compute_calibration
 from dymo.selection.reward import gain, ics, quality, reward
 from dymo.selection.selector import (
     METHODS,
@@ -17,6 +17,7 @@ __all__ = [
     "METHODS",
     "NO_ACTION",
     "Calibration",
+    "LazyCalibration",
     "SampleExplanation",
     "SelectionConfig",
     "SelectionResult",

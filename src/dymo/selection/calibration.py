@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +30,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from dymo.errors import BundleError, DataError
+from dymo.errors import BundleError, ConfigError, DataError
+from dymo.selection.acceptance import ThresholdTuning
 from dymo.selection.reward import METRICS
 from dymo.utils.io import load_tensors, save_tensors
 from dymo.utils.subsets import all_subsets, codes_to_masks
 
 log = logging.getLogger(__name__)
+
+
+def fuse_rows(backbone: Any, tokens: torch.Tensor, used: torch.Tensor, rows: torch.Tensor, projected: torch.Tensor | None) -> Any:
+    """``backbone.fuse`` of sample ``rows[n]`` with subset ``used[n]``; with ``projected``
+    (``FlexibleBackbone.project(tokens)``) the first block's per-token work is reused."""
+    if projected is not None:
+        return backbone.fuse(tokens, used, rows=rows, projected=projected)
+    return backbone.fuse(tokens[rows], used)
 
 CALIBRATION_FORMAT = "1"
 # A class seen once in a subset has sigma 0; d / 0 would make its ICS NaN or 0.
@@ -64,6 +74,8 @@ class Calibration:
     counts: torch.Tensor | None = None
     #: sha256 of the backbone weights file the statistics were computed with (None: unknown)
     backbone_sha256: str | None = None
+    # The acceptance rule tuned on validation data (dymo.selection.acceptance), if any.
+    threshold: ThresholdTuning | None = None
 
     def __post_init__(self) -> None:
         if not self.modalities:
@@ -109,6 +121,11 @@ class Calibration:
                 )
         if not bool(torch.isfinite(self.overall).all()):
             raise BundleError(f"{source}: overall prototypes hold NaN or Inf")
+        if self.threshold is not None and len(self.threshold.thresholds) != m:
+            raise BundleError(
+                f"{source}: tuned thresholds have {len(self.threshold.thresholds)} entries, expected {m} "
+                f"(one per number of observed modalities 0..{m - 1})"
+            )
         if self.counts is not None and tuple(self.counts.shape) != (n, c):
             raise BundleError(f"{source}: counts have shape {tuple(self.counts.shape)}, expected {(n, c)}")
 
@@ -124,11 +141,17 @@ class Calibration:
                 out[subset_name(code, self.modalities)] = [str(k) for k in few]
         return out
 
+    def tables(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rows, prototypes, sigma)``: the statistics of subset ``codes[n]`` are
+        ``prototypes[rows[n]]`` and ``sigma[rows[n]]`` (here ``rows`` is ``codes``; a
+        :class:`LazyCalibration` computes missing subsets first and maps them to its rows)."""
+        return codes, self.prototypes, self.sigma
+
     def to(self, device: torch.device | str) -> Calibration:
         return Calibration(
             self.metric, self.temperature, self.prototypes.to(device), self.sigma.to(device),
             self.overall.to(device), self.num_modalities, self.modalities,
-            None if self.counts is None else self.counts.to(device), self.backbone_sha256,
+            None if self.counts is None else self.counts.to(device), self.backbone_sha256, self.threshold,
         )
 
     def save(self, path: str | os.PathLike, backbone_sha256: str | None = None) -> None:
@@ -146,6 +169,8 @@ class Calibration:
         }
         if self.backbone_sha256:
             metadata["backbone_sha256"] = self.backbone_sha256
+        if self.threshold is not None:
+            metadata["selection_threshold"] = self.threshold.to_json()
         tensors = {"prototypes": self.prototypes.float(), "sigma": self.sigma.float(), "overall": self.overall.float()}
         if self.counts is not None:
             tensors["counts"] = self.counts.float()
@@ -185,6 +210,8 @@ class Calibration:
         cal.prototypes, cal.sigma, cal.overall = tensors["prototypes"], tensors["sigma"], tensors["overall"]
         cal.counts = tensors.get("counts")
         cal.backbone_sha256 = metadata.get("backbone_sha256")
+        tuned = metadata.get("selection_threshold")
+        cal.threshold = None if tuned is None else ThresholdTuning.from_json(tuned, source=path)
         cal.validate(source=path)
         return cal
 
@@ -206,25 +233,32 @@ class Calibration:
 
 
 class _SufficientStats:
-    """Per-(subset code, class) sums from which prototypes and sigma follow exactly."""
+    """Per-(slot, class) sums from which prototypes and sigma follow exactly.
 
-    def __init__(self, metric: str, n_codes: int, num_classes: int) -> None:
-        self.metric, self.n_codes, self.c = metric, n_codes, num_classes
-        self.count = torch.zeros(n_codes * num_classes, dtype=torch.float64)
-        self.sum_z: torch.Tensor | None = None  # [codes * C, D]
-        self.sum_zz: torch.Tensor | None = None  # cosine: [codes * C, D, D]
-        self.sum_sq: torch.Tensor | None = None  # euclidean: [codes * C]
+    A slot is a subset: its code for the full table, or its position in a list of requested
+    subsets for :class:`LazyCalibration`.
+    """
 
-    def add(self, codes: torch.Tensor, labels: torch.Tensor, z: torch.Tensor) -> None:
+    def __init__(self, metric: str, n_slots: int, num_classes: int) -> None:
+        self.metric, self.n_slots, self.c = metric, n_slots, num_classes
+        self.count = torch.zeros(n_slots * num_classes, dtype=torch.float64)
+        self.sum_z: torch.Tensor | None = None  # [slots * C, D]
+        self.sum_zz: torch.Tensor | None = None  # cosine: [slots * C, D, D]
+        self.sum_sq: torch.Tensor | None = None  # euclidean: [slots * C]
+
+    def counts(self) -> torch.Tensor:
+        return self.count.view(self.n_slots, self.c)
+
+    def add(self, slots: torch.Tensor, labels: torch.Tensor, z: torch.Tensor) -> None:
         z = z.double()
         if self.sum_z is None:
             d = z.shape[1]
-            self.sum_z = torch.zeros(self.n_codes * self.c, d, dtype=torch.float64)
+            self.sum_z = torch.zeros(self.n_slots * self.c, d, dtype=torch.float64)
             if self.metric == "cosine":
-                self.sum_zz = torch.zeros(self.n_codes * self.c, d, d, dtype=torch.float64)
+                self.sum_zz = torch.zeros(self.n_slots * self.c, d, d, dtype=torch.float64)
             else:
-                self.sum_sq = torch.zeros(self.n_codes * self.c, dtype=torch.float64)
-        key = codes * self.c + labels
+                self.sum_sq = torch.zeros(self.n_slots * self.c, dtype=torch.float64)
+        key = slots * self.c + labels
         self.count.index_add_(0, key, torch.ones_like(key, dtype=torch.float64))
         self.sum_z.index_add_(0, key, z)
         if self.sum_zz is not None:
@@ -237,8 +271,9 @@ class _SufficientStats:
             self.sum_sq.index_add_(0, key, (z * z).sum(1))
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(count [codes, C], prototypes [codes, C, D], mean d^2 [codes, C])`` (float64)."""
-        count = self.count.view(self.n_codes, self.c)
+        """``(count [slots, C], prototypes [slots, C, D], mean d^2 [slots, C])`` (float64)."""
+        count = self.counts()
+        assert self.sum_z is not None, "check the counts before finishing"
         n = self.count.clamp_min(1).unsqueeze(-1)
         proto = self.sum_z / n
         if self.metric == "cosine":
@@ -248,7 +283,185 @@ class _SufficientStats:
         else:
             # mean ||z - P||^2 = mean ||z||^2 - 2 P.mean(z) + ||P||^2 = mean ||z||^2 - ||P||^2
             mean_d2 = self.sum_sq / n.squeeze(-1) - (proto * proto).sum(-1)
-        return count, proto.view(self.n_codes, self.c, -1), mean_d2.view(self.n_codes, self.c)
+        return count, proto.view(self.n_slots, self.c, -1), mean_d2.view(self.n_slots, self.c)
+
+
+def _sigma_from(mean_d2: torch.Tensor, modalities: tuple[str, ...], codes: torch.Tensor) -> torch.Tensor:
+    """sqrt(mean d^2), clamped to ``MIN_SIGMA`` with a warning naming one clamped subset."""
+    sigma = mean_d2.clamp_min(0).sqrt()
+    small = sigma < MIN_SIGMA
+    if bool(small.any()):
+        slot, k = (int(v) for v in torch.nonzero(small)[0])
+        log.warning(
+            "calibration: %d (subset, class) pairs have a zero distance spread (e.g. subset %s, class %d); "
+            "clamped to %g", int(small.sum()), subset_name(int(codes[slot]), modalities), k, MIN_SIGMA,
+        )
+        sigma = sigma.clamp_min(MIN_SIGMA)
+    return sigma
+
+
+def _check_counts(count: torch.Tensor, codes: torch.Tensor, dataset: Any, modalities: tuple[str, ...]) -> None:
+    missing = torch.nonzero(count == 0)
+    if len(missing):
+        slot, k = (int(v) for v in missing[0])
+        code = int(codes[slot])
+        cls_name = dataset.class_names[k] if k < len(dataset.class_names) else str(k)
+        raise DataError(
+            f"dataset {getattr(dataset, 'name', '')}: no training sample of class {k} ({cls_name}) "
+            f"observes subset {code} {subset_name(code, modalities)}; cannot calibrate it"
+        )
+
+
+def _device_of(backbone: Any) -> torch.device:
+    try:
+        return next(backbone.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _check_samples_per_class(samples_per_class: int | None) -> None:
+    if samples_per_class is not None and samples_per_class < 1:
+        raise ConfigError(f"calibration: samples_per_class must be >= 1 (or None for every sample), got {samples_per_class}")
+
+
+def check_sample_size(samples_per_class: int | None, min_samples: int) -> None:
+    """A sample smaller than ``min_samples`` would make every pair borrow its statistics."""
+    _check_samples_per_class(samples_per_class)
+    if samples_per_class is not None and samples_per_class < min_samples:
+        raise ConfigError(
+            f"calibration: samples_per_class {samples_per_class} is below min_samples {min_samples} "
+            "(every (subset, class) pair would be thin)"
+        )
+
+
+def _rank_within_key(key: torch.Tensor) -> torch.Tensor:
+    """For each entry, how many earlier entries share its key (0, 1, 2, ...)."""
+    order = torch.argsort(key, stable=True)
+    sorted_key = key[order]
+    pos = torch.arange(len(key), device=key.device)
+    first = torch.ones_like(sorted_key, dtype=torch.bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+    rank = torch.empty_like(pos)
+    rank[order] = pos - start
+    return rank
+
+
+#: Default of ``samples_per_class`` for :func:`compute_calibration`: every sample. Chosen by
+#: measurement (``benchmarks/bench_calibration.py``, ``benchmarks/README.md``): DyMo's decisions
+#: are sensitive to the statistics' sampling error (rewards of order 1e-2 change sign), so a
+#: sample of 512 per (subset, class) leaves 4-6% of validation decisions different.
+DEFAULT_SAMPLES_PER_CLASS: int | None = None
+#: Pool per class of :class:`LazyCalibration` (used where the full table is impractical).
+LAZY_SAMPLES_PER_CLASS = 512
+
+
+def sample_size_rule(samples_per_class: int) -> str:
+    """The stated accuracy of statistics estimated from ``n`` samples per (subset, class).
+
+    sigma^2 is a mean of d^2; for a half-normal d, d^2 = sigma^2 chi^2_1 (variance 2 sigma^4), so
+    the relative standard error of sigma is about 1 / sqrt(2 n). A prototype coordinate has
+    standard error (its spread) / sqrt(n).
+    """
+    n = samples_per_class
+    return f"{n} samples per (subset, class): sigma within about {100 / math.sqrt(2 * n):.1f}% (1 s.e.)"
+
+
+@dataclass
+class CalibrationItem:
+    """One unit of calibration work: encode ``samples`` (dataset indices) once, then fuse sample
+    ``samples[pos[r]]`` with subset ``codes[r]`` for every row ``r`` (rows sorted by subset size)."""
+
+    samples: np.ndarray
+    codes: torch.Tensor
+    pos: torch.Tensor
+
+
+def calibration_plan(
+    dataset: Any, samples_per_class: int | None = DEFAULT_SAMPLES_PER_CLASS, seed: int = 0, batch_size: int = 512
+) -> list[CalibrationItem]:
+    """Which (sample, subset) pairs the calibration fuses, batch by batch (labels and observed
+    masks only; no model). With ``samples_per_class``, each (subset, class) pair gets the first
+    samples of a seeded permutation that observe the subset, until it has that many; batches
+    with nothing left to fill are skipped and the plan stops when every pair is full."""
+    _check_samples_per_class(samples_per_class)
+    m = len(dataset.modalities)
+    c = int(dataset.num_classes)
+    subsets = all_subsets(m)  # row r = code r + 1
+    sizes = subsets.sum(1)
+    codes_all = torch.arange(1, 2**m)
+    by_size = torch.argsort(sizes, stable=True)  # rows grouped by subset size
+    limit = samples_per_class
+    n = len(dataset)
+    order = np.arange(n) if limit is None else np.random.default_rng(seed).permutation(n)
+    labels_all = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
+    observed_all = torch.from_numpy(np.asarray(dataset.observed, dtype=bool))
+    count = torch.zeros(2**m * c, dtype=torch.long)
+    plan = []
+    for start in range(0, n, batch_size):
+        idx = torch.from_numpy(order[start : start + batch_size])
+        labels, observed = labels_all[idx], observed_all[idx]
+        # fits[s, b]: sample b observes every modality of subset s (rows in size order)
+        fits = ~(subsets[by_size].unsqueeze(1) & ~observed.unsqueeze(0)).any(-1)
+        s_idx, b_idx = torch.nonzero(fits, as_tuple=True)
+        codes = codes_all[by_size][s_idx]
+        if limit is not None:
+            if bool((count.view(2**m, c)[1:] >= limit).all()):
+                break
+            key = codes * c + labels[b_idx]
+            keep = _rank_within_key(key) < limit - count[key]
+            s_idx, b_idx, codes = s_idx[keep], b_idx[keep], codes[keep]
+        if len(codes) == 0:
+            continue
+        count.index_add_(0, codes * c + labels[b_idx], torch.ones_like(codes))
+        used_samples, pos = torch.unique(b_idx, return_inverse=True)  # encode only needed samples
+        plan.append(CalibrationItem(idx[used_samples].numpy(), codes, pos))
+    return plan
+
+
+@torch.no_grad()
+def calibration_item_features(
+    backbone: Any, dataset: Any, item: CalibrationItem, max_rows: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(codes, labels, z)`` of one plan item (``z`` on the CPU), in the item's row order."""
+    device = _device_of(backbone)
+    batch = dataset.batch(item.samples)
+    data = {k: v.to(device) for k, v in batch.data.items()}
+    observed = batch.observed.to(device)
+    tokens = backbone.encode(data, observed)
+    projected = backbone.project(tokens) if hasattr(backbone, "project") else None
+    masks = codes_to_masks(item.codes, len(dataset.modalities)).to(device)
+    pos = item.pos.to(device)
+    zs = []
+    for lo in range(0, len(item.codes), max_rows):
+        zs.append(fuse_rows(backbone, tokens, masks[lo : lo + max_rows], pos[lo : lo + max_rows], projected).z.cpu())
+    return item.codes, batch.labels[item.pos], torch.cat(zs)
+
+
+def finish_calibration(
+    stats_parts: Any, dataset: Any, metric: str, temperature: float = 0.1, min_samples: int = 5
+) -> Calibration:
+    """Accumulate ``(codes, labels, z)`` parts (in plan order) into a :class:`Calibration`;
+    thin (subset, class) pairs borrow their statistics (:func:`_fill_thin_pairs`)."""
+    modalities = tuple(dataset.modalities)
+    m = len(modalities)
+    c = int(dataset.num_classes)
+    n_codes = 2**m
+    codes_all = torch.arange(1, n_codes)
+    stats = _SufficientStats(metric, n_codes, c)
+    for codes, labels, z in stats_parts:
+        stats.add(codes, labels, z)
+    if stats.sum_z is None:
+        _check_counts(stats.counts()[1:], codes_all, dataset, modalities)  # names the first empty pair
+    count, proto, mean_d2 = stats.finish()
+    _fill_thin_pairs(count, proto, mean_d2, min_samples, modalities, dataset)
+    sigma = _sigma_from(mean_d2[1:], modalities, codes_all)
+    prototypes = proto.float()
+    prototypes[0] = 0.0  # row 0 holds no subset
+    sigmas = torch.ones(n_codes, c, dtype=torch.float32)
+    sigmas[1:] = sigma.float()
+    overall = proto[1:].mean(0).float()
+    return Calibration(metric, temperature, prototypes, sigmas, overall, m, modalities, count.float())
 
 
 @torch.no_grad()
@@ -259,80 +472,198 @@ def compute_calibration(
     progress: bool = True,
     max_rows: int = 8192,
     temperature: float = 0.1,
+    samples_per_class: int | None = DEFAULT_SAMPLES_PER_CLASS,
+    seed: int = 0,
     min_samples: int = 5,
 ) -> Calibration:
     """Calibration statistics of ``backbone`` on ``dataset`` (a :class:`MultimodalDataset`).
 
-    Each batch is encoded once; then every non-empty subset is fused, subsets of equal size
-    together (no padding waste; ``max_rows`` bounds the rows of one fuse call). Only subsets a
-    sample fully observes are used for it; on an incomplete training set, (subset, class) pairs
-    with fewer than ``min_samples`` samples borrow their statistics (see the module doc). sigma comes from exact sufficient statistics accumulated in
-    float64 (sums of z, of z z^T for cosine, of ||z||^2 for Euclidean): one pass is enough.
-    ``temperature`` is the prototype-softmax temperature of the reward's quality (0.1, as in
-    training). To calibrate on part of the training set, pass ``dataset.subset(indices)``.
+    ``samples_per_class``: every (subset, class) pair is estimated from (at most) this many
+    training samples, the first ones of a seeded random permutation of ``dataset`` that observe
+    the subset (``None``, the default: every sample, the full calibration). The pass stops as soon as every
+    pair has its samples, so its cost is about ``samples_per_class x classes`` samples instead
+    of ``len(dataset)``; :func:`sample_size_rule` states the resulting accuracy.
+
+    The work is planned first (:func:`calibration_plan`); each planned batch is encoded once
+    (only the samples still needed) and the first block's per-token projections are shared by
+    all its subsets; subsets of equal size are fused together (``max_rows`` bounds one fuse
+    call). Only subsets a sample fully observes are used for it; on an incomplete training set,
+    (subset, class) pairs with fewer than ``min_samples`` samples borrow their statistics (see
+    the module doc). sigma comes from exact sufficient
+    statistics accumulated in float64 (sums of z, of z z^T for cosine, of ||z||^2 for
+    Euclidean): one pass is enough. ``temperature`` is the prototype-softmax temperature of the
+    reward's quality (0.1, as in training). ``dymo calibrate --devices N`` runs the same plan
+    over several processes (:mod:`dymo.utils.scale`), with the same result.
     """
     metric = backbone.config.metric
     if metric not in METRICS:
         raise BundleError(f"backbone metric {metric!r} is not one of {METRICS}")
-    modalities = tuple(dataset.modalities)
-    m = len(modalities)
-    c = int(dataset.num_classes)
-    n_codes = 2**m
-    try:
-        device = next(backbone.parameters()).device
-    except (StopIteration, AttributeError):
-        device = torch.device("cpu")
-    subsets = all_subsets(m).to(device)  # row r = code r + 1
-    sizes = subsets.sum(1).cpu()
-    codes_all = torch.arange(1, n_codes)
-    groups = [codes_all[sizes == k] for k in range(1, m + 1)]
-    stats = _SufficientStats(metric, n_codes, c)
-
-    starts = range(0, len(dataset), batch_size)
+    check_sample_size(samples_per_class, min_samples)
+    plan = calibration_plan(dataset, samples_per_class, seed, batch_size)
+    items: Any = plan
     if progress:
         from rich.progress import track
 
-        starts = track(starts, description="calibration", total=len(starts), transient=True)
+        items = track(plan, description="calibration", total=len(plan), transient=True)
     was_training = backbone.training
     backbone.eval()
     try:
-        for start in starts:
-            batch = dataset.batch(np.arange(start, min(start + batch_size, len(dataset))))
-            data = {k: v.to(device) for k, v in batch.data.items()}
-            observed = batch.observed.to(device)
-            tokens = backbone.encode(data, observed)
-            chunk = max(1, max_rows // tokens.shape[0])
-            for group in groups:
-                for lo in range(0, len(group), chunk):
-                    sub_codes = group[lo : lo + chunk]
-                    sub = subsets[sub_codes - 1]  # [S, M]
-                    # valid[s, b]: sample b observes every modality of subset s
-                    valid = ~(sub.unsqueeze(1) & ~observed.unsqueeze(0)).any(-1)
-                    s_idx, b_idx = torch.nonzero(valid, as_tuple=True)
-                    if s_idx.numel() == 0:
-                        continue
-                    z = backbone.fuse(tokens[b_idx], sub[s_idx]).z
-                    stats.add(sub_codes[s_idx.cpu()], batch.labels[b_idx.cpu()], z.cpu())
+        parts = (calibration_item_features(backbone, dataset, item, max_rows) for item in items)
+        return finish_calibration(parts, dataset, metric, temperature, min_samples)
     finally:
         backbone.train(was_training)
 
-    count, proto, mean_d2 = stats.finish()
-    _fill_thin_pairs(count, proto, mean_d2, min_samples, modalities, dataset)
-    sigma = mean_d2[1:].clamp_min(0).sqrt()
-    small = sigma < MIN_SIGMA
-    if bool(small.any()):
-        code, k = (int(v) for v in torch.nonzero(small)[0])
-        log.warning(
-            "calibration: %d (subset, class) pairs have a zero distance spread (e.g. subset %s, class %d); "
-            "clamped to %g", int(small.sum()), subset_name(code + 1, modalities), k, MIN_SIGMA,
-        )
-        sigma = sigma.clamp_min(MIN_SIGMA)
-    prototypes = proto.float()
-    prototypes[0] = 0.0  # row 0 holds no subset
-    sigmas = torch.ones(n_codes, c, dtype=torch.float32)
-    sigmas[1:] = sigma.float()
-    overall = proto[1:].mean(0).float()
-    return Calibration(metric, temperature, prototypes, sigmas, overall, m, modalities, count.float())
+
+def _draw_codes(num_modalities: int, k: int, seed: int) -> torch.Tensor:
+    """``k`` distinct non-empty subset codes drawn uniformly (all of them when ``k >= 2**M - 1``)."""
+    total = 2**num_modalities - 1
+    if k >= total:
+        return torch.arange(1, total + 1)
+    picked = np.random.default_rng(seed).choice(total, size=k, replace=False) + 1
+    return torch.from_numpy(np.sort(picked).astype(np.int64))
+
+
+class LazyCalibration:
+    """Calibration statistics computed on demand, for the subsets a selection reaches, and cached.
+
+    The full table has ``2**M - 1`` subsets (4,095 for 12 modalities) while a selection only
+    visits a sample's observed subset plus one candidate at a time. At construction a
+    calibration pool is drawn (per class, the first ``samples_per_class`` samples of a seeded
+    permutation of ``dataset``) and encoded once; its tokens are kept. Each :meth:`tables` call
+    (what the selection's evaluator uses) fuses the pool with the subsets not seen before and
+    caches their prototypes and sigma; repeated subsets cost nothing.
+
+    ``overall[k]`` is the mean of ``prototypes[S, k]`` over *all* subsets; here it is
+    estimated as the mean over ``overall_subsets`` subsets drawn uniformly without replacement
+    (all of them when there are no more), computed at construction. A subset a pool sample does
+    not fully observe gets no contribution from it (incomplete training sets), and a (subset,
+    class) pair with no sample raises :class:`DataError` when the subset is first needed.
+    Use it wherever a :class:`Calibration` is accepted by the selection (``select``,
+    ``select_with_backbone``); :meth:`to_calibration` computes everything for a saveable file.
+    """
+
+    def __init__(
+        self,
+        backbone: Any,
+        dataset: Any,
+        samples_per_class: int = LAZY_SAMPLES_PER_CLASS,
+        seed: int = 0,
+        temperature: float = 0.1,
+        overall_subsets: int = 64,
+        batch_size: int = 512,
+        max_rows: int = 8192,
+    ) -> None:
+        metric = backbone.config.metric
+        if metric not in METRICS:
+            raise BundleError(f"backbone metric {metric!r} is not one of {METRICS}")
+        _check_samples_per_class(samples_per_class)
+        if overall_subsets < 1:
+            raise ConfigError(f"LazyCalibration: overall_subsets must be >= 1, got {overall_subsets}")
+        self.backbone, self.dataset = backbone, dataset
+        self.metric, self.temperature = metric, float(temperature)
+        self.modalities = tuple(dataset.modalities)
+        self.num_modalities = len(self.modalities)
+        self._c = int(dataset.num_classes)
+        self.max_rows = max_rows
+        self.device = _device_of(backbone)
+        labels = np.asarray(dataset.labels, dtype=np.int64)
+        order = np.random.default_rng(seed).permutation(len(labels))
+        pool = np.concatenate([order[labels[order] == k][:samples_per_class] for k in range(self._c)])
+        pool.sort()
+        self.pool_size = len(pool)
+        self._labels = torch.from_numpy(labels[pool])
+        self._observed = torch.from_numpy(np.asarray(dataset.observed, dtype=bool)[pool]).to(self.device)
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            with torch.no_grad():
+                parts = []
+                for lo in range(0, len(pool), batch_size):
+                    batch = dataset.batch(pool[lo : lo + batch_size])
+                    data = {k: v.to(self.device) for k, v in batch.data.items()}
+                    parts.append(backbone.encode(data, self._observed[lo : lo + batch_size]))
+                self._tokens = torch.cat(parts)
+                self._projected = backbone.project(self._tokens) if hasattr(backbone, "project") else None
+        finally:
+            backbone.train(was_training)
+        self._row: dict[int, int] = {}
+        self._prototypes = torch.zeros(0, self._c, 0)
+        self._sigma = torch.ones(0, self._c)
+        self.fused_rows = 0  # pool rows fused so far (the cost)
+        codes = _draw_codes(self.num_modalities, overall_subsets, seed)
+        rows, protos, _ = self.tables(codes)
+        self.overall = protos[rows].double().mean(0).float()
+        self.overall_codes = codes
+
+    @property
+    def num_classes(self) -> int:
+        return self._c
+
+    @property
+    def dim(self) -> int:
+        return int(self.overall.shape[1])
+
+    @property
+    def computed_subsets(self) -> int:
+        return len(self._row)
+
+    def tables(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`Calibration.tables`, computing the subsets not seen before."""
+        flat = codes.reshape(-1).cpu()
+        uniq = torch.unique(flat).tolist()
+        new = [code for code in uniq if code not in self._row]
+        for lo in range(0, len(new), 64):  # bounds the float64 D x D sums of the cosine metric
+            self._compute(new[lo : lo + 64])
+        lut = {code: self._row[code] for code in uniq}
+        rows = torch.tensor([lut[code] for code in flat.tolist()], dtype=torch.long).view(codes.shape)
+        return rows.to(codes.device), self._prototypes, self._sigma
+
+    @torch.no_grad()
+    def _compute(self, codes: list[int]) -> None:
+        if any(code < 1 or code >= 2**self.num_modalities for code in codes):
+            raise DataError(f"calibration: subset codes {codes} outside [1, {2**self.num_modalities})")
+        code_t = torch.tensor(codes, dtype=torch.long)
+        masks = codes_to_masks(code_t, self.num_modalities).to(self.device)  # [S, M]
+        valid = ~(masks.unsqueeze(1) & ~self._observed.unsqueeze(0)).any(-1)  # [S, P]
+        s_idx, b_idx = torch.nonzero(valid, as_tuple=True)
+        stats = _SufficientStats(self.metric, len(codes), self._c)
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            # rows with the same number of used modalities together (one fuse group each)
+            size = masks.sum(1)[s_idx]
+            order = torch.argsort(size, stable=True)
+            s_idx, b_idx = s_idx[order], b_idx[order]
+            for lo in range(0, len(s_idx), self.max_rows):
+                s, b = s_idx[lo : lo + self.max_rows], b_idx[lo : lo + self.max_rows]
+                z = fuse_rows(self.backbone, self._tokens, masks[s], b, self._projected).z
+                stats.add(s.cpu(), self._labels[b.cpu()], z.cpu())
+        finally:
+            self.backbone.train(was_training)
+        self.fused_rows += len(s_idx)
+        _check_counts(stats.counts(), code_t, self.dataset, self.modalities)
+        _, proto, mean_d2 = stats.finish()
+        sigma = _sigma_from(mean_d2, self.modalities, code_t)
+        start = self._prototypes.shape[0]
+        if start == 0:
+            self._prototypes = proto.float()
+        else:
+            self._prototypes = torch.cat([self._prototypes, proto.float()])
+        self._sigma = torch.cat([self._sigma, sigma.float()])
+        for i, code in enumerate(codes):
+            self._row[code] = start + i
+
+    def to_calibration(self) -> Calibration:
+        """Every subset computed, as a (saveable) :class:`Calibration`; ``overall`` is then the
+        exact mean over all subsets."""
+        n_codes = 2**self.num_modalities
+        rows, protos, sigma = self.tables(torch.arange(1, n_codes))
+        prototypes = torch.zeros(n_codes, self._c, protos.shape[-1])
+        prototypes[1:] = protos[rows]
+        sigmas = torch.ones(n_codes, self._c)
+        sigmas[1:] = sigma[rows]
+        overall = prototypes[1:].double().mean(0).float()
+        return Calibration(self.metric, self.temperature, prototypes, sigmas, overall, self.num_modalities, self.modalities)
 
 
 def _fill_thin_pairs(

@@ -25,7 +25,8 @@ import torch
 
 from dymo.config import Config
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.selection.calibration import Calibration
+from dymo.selection.acceptance import added_probabilities, check_threshold_value, sample_thresholds
+from dymo.selection.calibration import Calibration, fuse_rows
 from dymo.selection.reward import ics, quality, reward
 from dymo.utils.io import atomic_write
 from dymo.utils.subsets import masks_to_codes
@@ -49,6 +50,9 @@ def canonical_name(name: str) -> str:
 
 FuseFn = Callable[[torch.Tensor, torch.Tensor], Any]
 
+_STOP_REASONS = ("", "no candidates", "budget reached", "no candidates left", "single step", "no positive reward")
+_NO_CANDIDATES, _BUDGET, _NONE_LEFT, _SINGLE_STEP, _NO_POSITIVE = range(1, 6)
+
 
 @dataclass
 class SelectionConfig(Config):
@@ -62,11 +66,22 @@ class SelectionConfig(Config):
 
     ``max_added`` caps the number of recovered modalities added per sample (None: no cap).
     ``costs[i]`` (one per modality, >= 0) is subtracted from the reward of adding modality ``i``.
+    ``threshold`` is the acceptance rule: a candidate is accepted only if its reward R > tau
+    (and rejected for good if R < tau). A number is one tau for every sample (0: the paper's
+    rule; ``inf``: discard's decisions; ``-inf``: accept everything); a list gives tau per
+    number of observed modalities (entry k for samples with k observed, k = 0 .. M-1);
+    ``"calibrated"`` (the default) uses the tau tuned on validation data and stored with the
+    calibration (``dymo calibrate --tune-threshold``), and the paper's 0 when it stores none.
+    See :mod:`dymo.selection.acceptance`.
     """
 
     method: Literal["dymo", "iterative", "simultaneous", "fuse-all", "discard"] = "dymo"
     max_added: int | None = None
     costs: list[float] | None = None
+    threshold: float | list[float] | Literal["calibrated"] = "calibrated"
+    # Temperature of the reported probabilities of samples that added a recovery (logits / T;
+    # the prediction is unchanged): "calibrated" = the one tuned with the threshold, else 1.
+    added_temperature: float | Literal["calibrated"] = "calibrated"
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -74,6 +89,10 @@ class SelectionConfig(Config):
         super().__post_init__()
 
     def validate(self) -> None:
+        check_threshold_value(self.threshold)
+        t = self.added_temperature
+        if t != "calibrated" and not (isinstance(t, float) and math.isfinite(t) and t > 0):
+            raise ConfigError(f"SelectionConfig.added_temperature must be a positive number or 'calibrated', got {t!r}")
         if self.max_added is not None and self.max_added < 0:
             raise ConfigError(f"SelectionConfig: max_added must be >= 0, got {self.max_added}")
         if self.costs is not None:
@@ -93,7 +112,7 @@ class CandidateExplanation:
     quality: float
     ics: float
     gain: float
-    decision: str  # "accepted" | "rejected" | "kept" (R >= 0 but not chosen)
+    decision: str  # "accepted" | "rejected" (R < tau) | "kept" (R >= tau but not chosen)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +221,7 @@ class SelectionResult:
     gain_history: torch.Tensor  # [T, B, M]
     quality_history: torch.Tensor  # [T, B]
     ics_history: torch.Tensor  # [T, B]
+    thresholds: torch.Tensor | None = None  # [B], each sample's tau (None: 0, the paper's rule)
 
     def __len__(self) -> int:
         return int(self.used.shape[0])
@@ -235,7 +255,8 @@ class SelectionResult:
                 accepted_mask = torch.zeros_like(evaluated)
                 if action != NO_ACTION:
                     accepted_mask[action] = True
-            rejected_mask = evaluated & (r < 0) & ~accepted_mask
+            tau = 0.0 if self.thresholds is None else float(self.thresholds[i])
+            rejected_mask = evaluated & (r < tau) & ~accepted_mask
             cands = []
             for u in range(len(names)):
                 if not bool(evaluated[u]):
@@ -324,8 +345,8 @@ class _Evaluator:
         cal = self.cal
         dev = z.device
         q = quality(z, cal.overall.to(dev, z.dtype), cal.metric, cal.temperature)
-        codes = masks_to_codes(used).to(dev)
-        p = ics(z, logits, codes, cal.prototypes.to(dev, z.dtype), cal.sigma.to(dev, z.dtype), cal.metric)
+        rows, prototypes, sigma = cal.tables(masks_to_codes(used))
+        p = ics(z, logits, rows.to(dev), prototypes.to(dev, z.dtype), sigma.to(dev, z.dtype), cal.metric)
         return logits, z, q, p
 
 
@@ -444,10 +465,11 @@ def _search(
     rejected = torch.zeros_like(used)
     steps = torch.zeros(b, dtype=torch.long, device=device)
     active = torch.ones(b, dtype=torch.bool, device=device)
-    stop_reason = [""] * b
-    for i in torch.nonzero(~candidates.any(1)).flatten().tolist():
-        stop_reason[i] = "no candidates"
-        active[i] = False
+    # stop reasons as codes into _STOP_REASONS (no Python loop over samples per step)
+    reason = torch.zeros(b, dtype=torch.long, device=device)
+    nothing = ~candidates.any(1)
+    reason[nothing] = _NO_CANDIDATES
+    active &= ~nothing
 
     # State of each sample's current mask, created at the first fuse so that its dtype follows
     # the backbone's output (float32, float64, bfloat16, ...).
@@ -460,13 +482,12 @@ def _search(
     while True:
         if config.max_added is not None:
             capped = active & (steps >= config.max_added)
-            for i in torch.nonzero(capped).flatten().tolist():
-                stop_reason[i] = "budget reached"
+            reason[capped] = _BUDGET
             active &= ~capped
         # Samples with no open candidate left are done.
-        for i in torch.nonzero(active & ~open_.any(1)).flatten().tolist():
-            active[i] = False
-            stop_reason[i] = "no candidates left"
+        done = active & ~open_.any(1)
+        reason[done] = _NONE_LEFT
+        active &= ~done
         pair_b, pair_u = torch.nonzero(open_ & active.unsqueeze(1), as_tuple=True)
         rows_used = used[pair_b].clone()
         rows_used[torch.arange(len(pair_b), device=device), pair_u] = True
@@ -507,9 +528,11 @@ def _search(
         hist["p"].append(torch.where(searched, cur_p, torch.full_like(cur_p, nan)))
         row_of = torch.full((b, m), -1, dtype=torch.long, device=device)
         row_of[pair_b, pair_u] = torch.arange(len(pair_b), device=device)
-        # NaN compares False: only evaluated entries can be rejected or positive.
-        negative = rm < 0
-        positive = rm > 0
+        # NaN compares False: only evaluated entries can be rejected or accepted. The acceptance
+        # rule: accepted only if R > tau, rejected for good if R < tau (tau 0: the paper's).
+        tau = sample_thresholds(config.threshold, getattr(cal, "threshold", None), initial_used).to(rm.dtype).unsqueeze(1)
+        negative = rm < tau
+        positive = rm > tau
         forced = active & ~used.any(1)  # nothing used yet: the first addition is forced
         score = torch.nan_to_num(rm, nan=-math.inf)
         action = torch.full((b,), NO_ACTION, dtype=torch.long, device=device)
@@ -523,15 +546,14 @@ def _search(
                 rank.scatter_(1, order, torch.arange(m, device=device).expand(b, m).contiguous())
                 add &= rank < config.max_added
             win = score.argmax(1)
-            for i in torch.nonzero(forced & ~add.any(1)).flatten().tolist():
-                add[i, win[i]] = True
+            force = forced & ~add.any(1)
+            add[force, win[force]] = True
             negative &= ~add
             rejected |= negative
             open_ &= ~negative & ~add
             n_add = add.sum(1)
             one = n_add == 1
-            for i in torch.nonzero(active).flatten().tolist():
-                stop_reason[i] = "single step" if n_add[i] > 0 else "no positive reward"
+            reason[active] = torch.where(n_add[active] > 0, _SINGLE_STEP, _NO_POSITIVE)
             sel = torch.nonzero(one).flatten()
             if len(sel):
                 w = add[sel].float().argmax(1)
@@ -549,8 +571,7 @@ def _search(
         negative[torch.nonzero(go).flatten(), win[go]] = False  # a forced winner is not rejected
         rejected |= negative
         open_ &= ~negative
-        for i in torch.nonzero(active & ~go).flatten().tolist():
-            stop_reason[i] = "no positive reward"
+        reason[active & ~go] = _NO_POSITIVE
         active &= go
         sel = torch.nonzero(go).flatten()
         if len(sel):
@@ -567,9 +588,8 @@ def _search(
     if bool(final_refuse.any()):
         sel = torch.nonzero(final_refuse).flatten()
         cur_logits[sel] = evaluator(sel, used[sel])[0]
-    for i in range(b):
-        if not stop_reason[i]:
-            stop_reason[i] = "no candidates left"
+    reason[reason == 0] = _NONE_LEFT
+    stop_reason = [_STOP_REASONS[k] for k in reason.tolist()]
     nt = len(hist["action"])
 
     def stack(key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -587,7 +607,7 @@ def _search(
         candidates=candidates.cpu(),
         used=used.cpu(),
         logits=cur_logits,
-        probabilities=torch.softmax(cur_logits, dim=-1),
+        probabilities=added_probabilities(cur_logits, steps.cpu() > 0, config.added_temperature, getattr(cal, "threshold", None)),
         steps=steps.cpu(),
         rejected=rejected.cpu(),
         stop_reason=stop_reason,
@@ -598,6 +618,7 @@ def _search(
         gain_history=stack("gain", (b, m)),
         quality_history=stack("q", (b,)),
         ics_history=stack("p", (b,)),
+        thresholds=sample_thresholds(config.threshold, getattr(cal, "threshold", None), initial_used).float().cpu(),
     )
 
 
@@ -630,11 +651,13 @@ def select_with_backbone(
     backbone.eval()
 
     def fuse_fn(idx: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = backbone.fuse(tokens[idx], used)
+        out = fuse_rows(backbone, tokens, used, idx, projected)
         return out[0], out[1]
 
     try:
         with torch.no_grad():
+            # the first block's per-token projections, once per sample for every candidate row
+            projected = backbone.project(tokens) if hasattr(backbone, "project") else None
             return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size, modalities=names)
     finally:
         backbone.train(was_training)

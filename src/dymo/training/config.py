@@ -20,6 +20,9 @@ class TrainConfig(Config):
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = 0.0
     subsets_per_batch: int | None = None  # None: 5 for >= 4 modalities, else 2
+    # "stratified": every singleton and the full set in every batch, plus the K random subsets
+    # (the encoders still run once per batch); "random": the paper's K random subsets only.
+    subset_schedule: Literal["stratified", "random"] = "stratified"
     proto_weight: float = 1.0
     proto_start_epoch: int = 2  # 0-based: the third epoch, as in the paper
     temperature: float = 0.1

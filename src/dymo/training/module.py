@@ -1,4 +1,4 @@
-"""LightningModule for the flexible backbone: K random subsets per batch, encode once."""
+"""LightningModule for the flexible backbone: random (or stratified) subsets per batch, encode once."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from dymo.data.specs import specs_from_list
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.training.config import TrainConfig
 from dymo.training.losses import prototype_loss
-from dymo.utils.subsets import all_subsets, sample_subsets
+from dymo.utils.subsets import all_subsets, sample_subsets, stratified_subsets
 
 
 class BackboneModule(L.LightningModule):
-    """Trains :class:`FlexibleBackbone` as the DyMo authors do.
+    """Trains :class:`FlexibleBackbone` as the DyMo authors do, or with a stratified schedule.
 
-    Per batch: K distinct non-empty subsets (drawn from a generator seeded by the global step,
-    so every DDP rank and a resumed run draw the same ones); the encoders run once and the
+    Per batch (``subset_schedule="random"``, the paper's): K distinct non-empty subsets (drawn
+    from a generator seeded by the global step, so every DDP rank and a resumed run draw the same ones); the encoders run once and the
     tokens are reused for all K fusion passes (the same gradient as re-encoding per subset).
+    ``subset_schedule="stratified"`` (the default) adds every singleton and the full set to
+    the K random subsets of each batch (duplicates removed): each modality is fused alone in
+    every step, not in ~K/(2**M - 1) of them, at the cost of M + 1 more (cheap) fusion passes.
     Loss = mean over passes of CE + ``proto_weight`` x prototype loss, the latter from epoch
     ``proto_start_epoch`` (0-based) on, against class prototypes = mean training feature of
     the previous epoch (a buffer, all-reduced across ranks).
@@ -51,7 +54,10 @@ class BackboneModule(L.LightningModule):
 
     def subsets_for_step(self, step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + step)
-        return sample_subsets(self.backbone.num_modalities, self.num_subsets, g).to(self.device)
+        m = self.backbone.num_modalities
+        if self.train_cfg.subset_schedule == "stratified":
+            return stratified_subsets(m, self.num_subsets, g).to(self.device)
+        return sample_subsets(m, self.num_subsets, g).to(self.device)
 
     def loss_for_tokens(
         self,
@@ -60,13 +66,17 @@ class BackboneModule(L.LightningModule):
         subsets: torch.Tensor,
         use_proto: bool,
         observed: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean over the K subset passes of CE (+ prototype loss). Accumulates class feature sums.
 
-        With ``observed`` (bool ``[B, M]``, an incomplete training set), pass ``S`` fuses each
-        sample's ``S ∩ observed``, so a sample only ever trains on modalities it has; samples
-        observing nothing of ``S`` sit that pass out. A complete batch takes the same path as
-        before (every row fuses ``S``).
+        With ``observed`` (bool ``[B, M]``, an incomplete training set) a sample only ever trains
+        on modalities it has. Pass ``S`` fuses each sample's ``S ∩ observed`` topped up, when that
+        is smaller than ``S``, with other observed modalities drawn at random (``generator``) up to
+        ``min(|S|, |observed|)`` modalities: intersecting alone would shrink the subsets an
+        incomplete sample trains on, and the fusion of many modalities (what DyMo builds when it
+        adds recoveries) would be trained far less than on complete data. A complete batch takes
+        the same path as before (every row fuses ``S``).
         """
         b = tokens.shape[0]
         total = tokens.new_zeros(())
@@ -80,7 +90,7 @@ class BackboneModule(L.LightningModule):
                 mask = used.expand(b, -1)
             else:
                 assert observed is not None
-                mask = used.unsqueeze(0) & observed
+                mask = size_matched_subsets(used, observed, generator)
                 valid = mask.any(1)
                 if not bool(valid.any()):
                     continue
@@ -111,8 +121,10 @@ class BackboneModule(L.LightningModule):
         # Missing slots are zeroed before encoding (their content is never read).
         tokens = self.backbone.encode(batch.data, None if bool(batch.observed.all()) else batch.observed)
         use_proto = self.current_epoch >= self.train_cfg.proto_start_epoch and bool(self.prototypes_ready)
+        step = self.global_step
+        fill = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + step + 500_009)
         loss, stats = self.loss_for_tokens(
-            tokens, batch.labels, self.subsets_for_step(self.global_step), use_proto, batch.observed
+            tokens, batch.labels, self.subsets_for_step(step), use_proto, batch.observed, fill
         )
         bs = len(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=bs)
@@ -169,3 +181,17 @@ class BackboneModule(L.LightningModule):
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
         return torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def size_matched_subsets(used: torch.Tensor, observed: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per sample, ``used ∩ observed`` topped up with other observed modalities (drawn at
+    random) to ``min(|used|, |observed|)`` modalities; bool ``[B, M]``, always within ``observed``."""
+    mask = used.unsqueeze(0) & observed
+    deficit = int(used.sum()) - mask.sum(1)
+    spare = observed & ~mask
+    if not bool(((deficit > 0) & spare.any(1)).any()):
+        return mask
+    noise = torch.rand(observed.shape, generator=generator).to(observed.device)
+    score = torch.where(spare, noise, torch.full_like(noise, -1.0))
+    rank = torch.argsort(torch.argsort(score, dim=1, descending=True), dim=1)  # 0 = best spare modality
+    return mask | (spare & (rank < deficit.unsqueeze(1)))

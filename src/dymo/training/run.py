@@ -33,10 +33,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 import dymo
 from dymo.data.dataset import MultimodalDataset, SplitDataset, _identity
 from dymo.data.specs import specs_from_list, specs_to_list
-from dymo.errors import BundleError, ConfigError, DymoError
+from dymo.errors import BundleError, ConfigError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.training.config import TrainConfig
+from dymo.training.engine import TrainingDiverged
 from dymo.training.module import BackboneModule
+from dymo.training.subsets import subset_accuracy_summary
 from dymo.utils.artifact import component_manifest, load_weights, read_manifest
 from dymo.utils.io import atomic_replace_from, save_tensors, write_json
 
@@ -123,10 +125,6 @@ class _Provenance(L.Callback):
         checkpoint["dymo_provenance"] = self.stamp
 
 
-class TrainingDiverged(DymoError, FloatingPointError):
-    """A non-finite loss or weights during training (learning rate too high, bad data)."""
-
-
 class _FiniteGuard(L.Callback):
     """Stops training at the first non-finite loss (cheaper than Lightning's detect_anomaly)."""
 
@@ -146,6 +144,8 @@ def _check_resume(run: Path, config: dict[str, Any], last: Path) -> None:
     old = read_run_config(run)
     for key in ("specs", "backbone", "train"):
         before, now = old.get(key), config[key]
+        if key == "train" and isinstance(before, dict) and "subset_schedule" not in before:
+            before = {**before, "subset_schedule": "random"}  # runs from before the option trained this way
         if key == "train" and isinstance(before, dict) and before.get("epochs", 0) <= now["epochs"]:
             # A larger --epochs extends a run (no schedule depends on it); nothing else may change.
             before, now = {**before, "epochs": 0}, {**now, "epochs": 0}
@@ -387,8 +387,6 @@ def _fit_and_export(
         "train_samples": len(train_ds),
     }
     if evaluate_test and "test" in data.splits:
-        from dymo.evaluation.subsets import subset_accuracy_summary
-
         metrics["test"] = subset_accuracy_summary(module.backbone.eval(), data["test"], data.modalities, train.eval_batch_size)
     write_json(run / "metrics.json", metrics)
     return run

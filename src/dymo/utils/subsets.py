@@ -32,3 +32,18 @@ def sample_subsets(num_modalities: int, k: int, generator: torch.Generator | Non
         raise ValueError(f"cannot draw {k} distinct non-empty subsets of {num_modalities} modalities")
     codes = torch.randperm(n, generator=generator)[:k] + 1
     return codes_to_masks(codes, num_modalities)
+
+
+def stratified_subsets(num_modalities: int, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Every singleton, the full set, and K distinct random subsets (duplicates dropped), bool ``[<= M + 1 + K, M]``.
+
+    The fixed part comes first, in modality order; the random part is :func:`sample_subsets`'s draw
+    minus the subsets already listed, so with the same generator state it draws the same K codes.
+    """
+    m = num_modalities
+    fixed = [1 << i for i in range(m)]
+    if (2**m - 1) not in fixed:
+        fixed.append(2**m - 1)
+    drawn = masks_to_codes(sample_subsets(m, k, generator)).tolist()
+    codes = fixed + [c for c in drawn if c not in fixed]
+    return codes_to_masks(torch.tensor(codes), m)

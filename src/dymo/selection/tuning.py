@@ -1,0 +1,122 @@
+"""Tuning the acceptance rule (:mod:`dymo.selection.acceptance`) on validation data.
+
+It runs the selection itself, so it lives above the selector; the rule it produces
+(:class:`~dymo.selection.acceptance.ThresholdTuning`) is stored with the calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dymo.errors import ConfigError, DataError
+from dymo.selection.acceptance import (
+    DEFAULT_GRID,
+    DEFAULT_SCENARIOS,
+    DEFAULT_SEEDS,
+    SEED_OFFSET,
+    ThresholdTuning,
+    pick_temperature,
+    pick_thresholds_pooled,
+)
+
+log = logging.getLogger("dymo.selection")
+
+
+@torch.no_grad()
+def tune_threshold(
+    backbone: Any,
+    calibration: Any,
+    recoverer: Any,
+    val: Any,
+    *,
+    method: str = "dymo",
+    scenarios: Sequence[str] = DEFAULT_SCENARIOS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    grid: Sequence[float] = DEFAULT_GRID,
+    batch_size: int = 256,
+    recoverer_name: str = "",
+    on_batch: Callable[[int], None] | None = None,
+) -> ThresholdTuning:
+    """Choose tau per number of observed modalities on ``val`` (a complete
+    :class:`MultimodalDataset`, NOT the test split) under simulated missingness.
+
+    For every scenario and mask seed: hide modalities, recover them once, encode once, run the
+    selection with each grid value and count correct predictions per number of observed
+    modalities. Returns the :class:`ThresholdTuning` (attach it to the calibration to use it).
+    """
+    from dymo.data.scenarios import scenario_mask
+    from dymo.selection.selector import SelectionConfig, select_with_backbone
+
+    grid = [float(t) for t in grid]
+    if not grid or any(math.isnan(t) for t in grid):
+        raise ConfigError(f"tune_threshold: the grid must be non-empty numbers, got {grid}")
+    if not scenarios or not seeds:
+        raise ConfigError("tune_threshold: give at least one scenario and one seed")
+    if method not in ("dymo", "iterative", "simultaneous"):
+        raise ConfigError(f"tune_threshold: method {method!r} has no acceptance rule (dymo, iterative, simultaneous)")
+    n, mods = len(val), tuple(val.modalities)
+    if n == 0:
+        raise DataError("tune_threshold: the validation set is empty")
+    if not bool(np.asarray(val.observed).all()):
+        raise DataError("tune_threshold: the validation set must be complete (missingness is simulated on it)")
+    m = len(mods)
+    correct = np.zeros((m, len(grid)), dtype=np.int64)
+    counts = np.zeros(m, dtype=np.int64)
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (k_obs, labels, logits [G,B,C], added [G,B])
+    per_sample: list[tuple[np.ndarray, np.ndarray]] = []  # (correct [G, B'], k_obs [B']) of samples with a candidate
+    device = next(backbone.parameters()).device
+    for scenario in scenarios:
+        for seed in seeds:
+            obs_all = scenario_mask(scenario, n, mods, seed + SEED_OFFSET)
+            for start in range(0, n, batch_size):
+                idx = np.arange(start, min(start + batch_size, n))
+                full = val.batch(idx).with_observed(obs_all[idx])
+                hidden = full.with_missing_filled()  # NaN in missing slots: nothing reads them unnoticed
+                rec = recoverer.recover(full if getattr(recoverer, "reads_missing", False) else hidden)
+                tokens = backbone.encode(rec.to(device).data, torch.ones_like(hidden.observed).to(device))
+                k_obs = hidden.observed.sum(1).numpy()
+                labels = full.labels.numpy()
+                keep = k_obs < m  # complete samples have no candidate: tau does not matter
+                np.add.at(counts, k_obs[keep], 1)
+                logits_j, added_j, ok_j = [], [], []
+                for j, tau in enumerate(grid):
+                    res = select_with_backbone(
+                        backbone, tokens, hidden.observed, ~hidden.observed, calibration,
+                        SelectionConfig(method=method, threshold=tau),  # type: ignore[arg-type]
+                    )
+                    ok = (res.predictions.numpy() == labels) & keep
+                    np.add.at(correct[:, j], k_obs[ok], 1)
+                    logits_j.append(res.logits.float())
+                    ok_j.append(ok[keep])
+                    added_j.append(res.steps > 0)
+                kept.append((torch.as_tensor(k_obs), full.labels, torch.stack(logits_j), torch.stack(added_j)))
+                per_sample.append((np.stack(ok_j), k_obs[keep]))
+                if on_batch is not None:
+                    on_batch(len(idx))
+    ok_all = np.concatenate([o for o, _ in per_sample], axis=1)
+    k_all = np.concatenate([k for _, k in per_sample])
+    taus, _ = pick_thresholds_pooled(ok_all, k_all, grid, m)
+    for k in range(m):
+        if counts[k] == 0:
+            taus[k] = 0.0  # never seen on validation: keep the paper's rule
+            log.info("tune_threshold: no validation sample with %d observed modalities; tau[%d] = 0 (paper's rule)", k, k)
+    # The tuned rule's samples that added a recovery: their temperature, by validation NLL.
+    col = {k: grid.index(taus[k]) for k in range(m)}
+    sel_logits, sel_labels = [], []
+    for k_obs_b, labels_b, logits_b, added_b in kept:
+        j = torch.tensor([col.get(int(k), 0) for k in k_obs_b.tolist()], dtype=torch.long)
+        rows = torch.arange(len(j))
+        add = added_b[j, rows] & (k_obs_b < m)
+        sel_logits.append(logits_b[j, rows][add])
+        sel_labels.append(labels_b[add])
+    temperature = pick_temperature(torch.cat(sel_logits), torch.cat(sel_labels)) if kept else 1.0
+    return ThresholdTuning(
+        thresholds=taus, method=method, grid=grid, scenarios=list(scenarios), seeds=[int(s) for s in seeds],
+        n_val=n, recoverer=recoverer_name, correct=correct.tolist(), counts=counts.tolist(), added_temperature=temperature,
+    )
