@@ -60,7 +60,7 @@ def run_demo(cfg: DemoConfig, out: Path, report: Path, data_root: Path, log: Cal
         recoverer.save(rec_dir)
     done()
 
-    done = step("3/6 backbone: flexible transformer, K=5 subsets per batch")
+    done = step("3/6 backbone: flexible transformer, every single modality + the full set + K=5 random subsets per batch")
     bb_dir = out / "backbone"
     tcfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, proto_start_epoch=min(2, cfg.epochs - 1))
     bcfg = BackboneConfig(metric=cfg.metric)  # type: ignore[arg-type]
