@@ -3,6 +3,8 @@ calibration statistics."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -110,7 +112,16 @@ def test_evaluate_and_benchmark_agree_on_the_same_cell(tmp_path) -> None:
     backbone = load_backbone(models / "backbone-cosine")
     cal = Calibration.load(models / "backbone-cosine" / "calibration.safetensors")
     rec = load_recoverer(models / "recovery-mean")
-    ev = evaluate_methods(backbone, cal, rec, data["test"], "random:0.5", ("dymo", "fuse-all", "discard"), seed=3, batch_size=16, progress=False)
+    # the benchmark's `dymo` applies the acceptance rule it tuned on validation (stored beside the models)
+    tuned = json.loads((models / "threshold-cosine-mean.json").read_text())
+    from dymo.selection.acceptance import ThresholdTuning
+
+    rule = ThresholdTuning.from_dict(tuned)
+    selection = {"threshold": rule.thresholds, "added_temperature": rule.added_temperature}
+    ev = evaluate_methods(backbone, cal, rec, data["test"], "random:0.5", ("dymo",), seed=3, batch_size=16,
+                          progress=False, selection=selection)
+    ev.update(evaluate_methods(backbone, cal, rec, data["test"], "random:0.5", ("fuse-all", "discard"), seed=3,
+                               batch_size=16, progress=False))
     for method, m in ev.items():
         row = bench.loc[method]
         assert m.accuracy == row["accuracy"] and m.avg_steps == row["steps"]
