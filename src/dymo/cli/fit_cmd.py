@@ -34,6 +34,7 @@ def fit_cmd(
     seed: int = typer.Option(0, help="Training seed."),
     root: Path | None = typer.Option(None, help="Data root (default $DYMO_DATA or ./data)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle in --out (never anything else)."),
+    tune: bool = typer.Option(True, "--tune/--no-tune", help="Tune DyMo's acceptance rule on the validation split (--no-tune: the paper's rule, reward > 0)."),
 ) -> None:
     """Train backbone + recoverer + calibration on DATA's train split (it may miss modalities) and
     write a bundle: `dymo data build folder ...`, then this, then `dymo predict BUNDLE INPUT`."""
@@ -54,6 +55,7 @@ def fit_cmd(
         train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed),
         selection=SelectionConfig(method=method),  # type: ignore[arg-type]
         run_dir=run_dir,
+        tune=tune,
     )
     clf.save_pretrained(out, force=force)
     console.print(f"[green]bundle[/] written to {out} ({dataset.name}: {len(dataset['train'])} training samples, recovery {recovery})")

@@ -290,6 +290,7 @@ class DyMoClassifier:
         progress: bool = True,
         accelerator: str = "cpu",
         devices: int | str = 1,
+        tune: bool = True,
     ) -> DyMoClassifier:
         """Train backbone + recoverer + calibration on ``dataset`` and return the classifier.
 
@@ -300,14 +301,15 @@ class DyMoClassifier:
         ``TrainConfig()`` = 4 epochs, batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
         ``epochs`` overrides ``train.epochs``. ``run_dir`` keeps the backbone run (logs,
         checkpoints); by default it is a temporary folder. The training split may miss
-        modalities (docs/data.md). Then ``predict`` / ``predict_proba`` / ``explain`` /
-        ``save_pretrained``.
+        modalities (docs/data.md). ``tune``: also tune DyMo's acceptance rule on the validation
+        split (docs/selection.md; off = the paper's rule, reward > 0). Then ``predict`` /
+        ``predict_proba`` / ``explain`` / ``save_pretrained``.
         """
         from dymo.inference.fit import fit_classifier
 
         return fit_classifier(
             cls, dataset, recovery, recovery_options=recovery_options, backbone=backbone, train=train, epochs=epochs,
-            selection=selection, run_dir=run_dir, progress=progress, accelerator=accelerator, devices=devices,
+            selection=selection, run_dir=run_dir, progress=progress, accelerator=accelerator, devices=devices, tune=tune,
         )
 
     def predict_proba(self, batch: MultimodalBatch) -> torch.Tensor:

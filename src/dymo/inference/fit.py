@@ -7,7 +7,11 @@ with documented defaults, each with a progress bar:
    ``TrainConfig()`` defaults unless ``backbone=`` / ``train=`` / ``epochs=`` say otherwise), best
    epoch chosen on ``dataset["val"]``;
 2. the recoverer (``recovery`` is a registry name, options in ``recovery_options``);
-3. DyMo's calibration statistics on the training split.
+3. DyMo's calibration statistics on the training split;
+4. with ``tune=True`` (the default), DyMo's acceptance rule tuned on ``dataset["val"]`` under
+   simulated missingness (:func:`dymo.selection.tuning.tune_threshold`), stored with the
+   calibration. A validation split that misses modalities itself is not used for tuning: the
+   paper's rule (reward > 0) is kept, with a log line saying so.
 
 The training split may miss modalities (see docs/data.md, "Incomplete training data").
 """
@@ -51,6 +55,7 @@ def fit_classifier(
     accelerator: str = "cpu",
     devices: int | str = 1,
     root: str | os.PathLike | None = None,
+    tune: bool = True,
 ) -> Any:
     """See :meth:`DyMoClassifier.fit`."""
     from dymo.data.registry import open_dataset
@@ -75,14 +80,21 @@ def fit_classifier(
 
     with tempfile.TemporaryDirectory(prefix="dymo-fit-") as tmp:
         run = Path(run_dir) if run_dir is not None else Path(tmp) / "backbone"
-        log.info("fit: 1/3 backbone (%d epochs) in %s", train_cfg.epochs, run)
+        log.info("fit: 1/4 backbone (%d epochs) in %s", train_cfg.epochs, run)
         train_backbone(
             data, run, backbone_cfg, train_cfg, progress=progress, accelerator=accelerator, devices=devices,
             evaluate_test=False,
         )
         model = load_backbone(run)
-    log.info("fit: 2/3 recoverer %r", recovery)
+    log.info("fit: 2/4 recoverer %r", recovery)
     recoverer = get_recoverer(recovery, **(recovery_options or {})).fit(data["train"], progress=progress)
-    log.info("fit: 3/3 calibration")
+    log.info("fit: 3/4 calibration")
     calibration = compute_calibration(model, data["train"], progress=progress)
+    if tune and bool(data["val"].observed.all()):
+        from dymo.selection.tuning import tune_threshold
+
+        log.info("fit: 4/4 acceptance rule, tuned on the validation split")
+        calibration.threshold = tune_threshold(model, calibration, recoverer, data["val"], recoverer_name=recovery)
+    elif tune:
+        log.info("fit: 4/4 the validation split misses modalities; keeping the paper's acceptance rule (reward > 0)")
     return cls(model, calibration, recoverer, data.class_names, selection_cfg)
