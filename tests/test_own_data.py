@@ -95,3 +95,21 @@ def test_fit_predict_proba_explain_save(tiny_folder: Path, tmp_path: Path) -> No
     assert len(clf.explain(batch)) == len(batch)
     back = DyMoClassifier.from_pretrained(clf.save_pretrained(tmp_path / "bundle"))
     assert torch.equal(back.predict(batch).class_index, clf.predict(batch).class_index)
+
+
+def test_fit_tunes_the_acceptance_rule_on_validation(tmp_path: Path) -> None:
+    """By default fit tunes DyMo's acceptance rule on the validation split and the bundle keeps
+    it; tune=False keeps the paper's rule (no stored threshold)."""
+    from dymo import DyMoClassifier
+    from dymo.data.synthetic import make_synthetic_splits
+
+    data = make_synthetic_splits(120, 60, 40, kinds=("vector", "vector", "vector"), vector_dim=4, num_classes=3, seed=1)
+    small = {"backbone": {"dim": 16, "heads": 2, "depth": 1, "proj_dim": 8}, "epochs": 1, "progress": False}
+    tuned = DyMoClassifier.fit(data, "mean", **small)
+    assert tuned.calibration.threshold is not None
+    assert len(tuned.calibration.threshold.thresholds) == 3  # one tau per number observed (0..M-1)
+    back = DyMoClassifier.from_pretrained(tuned.save_pretrained(tmp_path / "bundle"))
+    assert back.calibration.threshold is not None
+    assert back.calibration.threshold.thresholds == tuned.calibration.threshold.thresholds
+    plain = DyMoClassifier.fit(data, "mean", tune=False, **small)
+    assert plain.calibration.threshold is None

@@ -94,7 +94,11 @@ def fit_classifier(
         from dymo.selection.tuning import tune_threshold
 
         log.info("fit: 4/4 acceptance rule, tuned on the validation split")
-        calibration.threshold = tune_threshold(model, calibration, recoverer, data["val"], recoverer_name=recovery)
+        try:
+            calibration.threshold = tune_threshold(model, calibration, recoverer, data["val"], recoverer_name=recovery)
+        except DataError as e:
+            # e.g. a table imputer cannot recover the image modalities the simulated masks hide
+            log.warning("fit: the acceptance rule could not be tuned (%s); keeping the paper's rule (reward > 0)", e)
     elif tune:
         log.info("fit: 4/4 the validation split misses modalities; keeping the paper's acceptance rule (reward > 0)")
     return cls(model, calibration, recoverer, data.class_names, selection_cfg)
