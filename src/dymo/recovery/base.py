@@ -277,16 +277,6 @@ def read_recoverer_meta(path: Path) -> dict[str, Any]:
     return read_manifest(path, "recoverer", required={"kind": str, "config": dict, "specs": list})
 
 
-def require_complete(train: MultimodalDataset, who: str, why: str) -> None:
-    """``DataError`` naming the first missing entry unless every training sample is complete."""
-    if not train.observed.all():
-        r, c = (int(v[0]) for v in np.nonzero(~train.observed))
-        raise DataError(
-            f"{who}: training set {train.name or '(unnamed)'}: sample {r} misses modality "
-            f"{train.modalities[c]!r}; {why}"
-        )
-
-
 def complete_rows(train: MultimodalDataset, who: str, why: str) -> MultimodalDataset:
     """``train`` itself when complete, else its samples that observe every modality (logged as
     a warning naming how many were set aside); ``DataError`` when no sample is complete."""
