@@ -58,6 +58,16 @@ class FusionOutput(NamedTuple):
     h: torch.Tensor  # [B, D], the CLS feature
 
 
+class Prepared(NamedTuple):
+    """Per-sample work shared by every subset a sample is fused with (evaluation mode):
+    ``x`` ``[B, 1 + T, D]`` is the CLS token followed by the sample's tokens, ``qkv`` ``[B, 1 + T, 3 D]``
+    the first block's LayerNorm + query/key/value projection of each of them
+    (:meth:`FlexibleBackbone.prepare`)."""
+
+    x: torch.Tensor
+    qkv: torch.Tensor
+
+
 class FlexibleBackbone(nn.Module):
     def __init__(self, specs: Sequence[ModalitySpec], num_classes: int, config: BackboneConfig | None = None) -> None:
         super().__init__()
@@ -128,18 +138,31 @@ class FlexibleBackbone(nn.Module):
         blk = self.blocks[0]
         return F.linear(blk.norm1(tokens), blk.self_attn.in_proj_weight, blk.self_attn.in_proj_bias)
 
+    def prepare(self, tokens: torch.Tensor, projected: torch.Tensor | None = None) -> Prepared:
+        """The per-sample tables :meth:`fuse` reads in evaluation mode when a sample is fused with
+        many subsets (DyMo's search, calibration): CLS + tokens and their first-block projections
+        (``projected``: :meth:`project` of ``tokens`` when already computed). Each row then gathers
+        its used tokens and their projections in one indexing operation, with no per-row
+        concatenation of the CLS token and no per-row projection."""
+        b = tokens.shape[0]
+        cls = self.cls_token.expand(b, -1, -1).to(tokens.dtype)
+        if projected is None:
+            projected = self.project(tokens)
+        qkv = torch.cat([self.project(self.cls_token).to(projected.dtype).expand(b, -1, -1), projected], dim=1)
+        return Prepared(torch.cat([cls, tokens], dim=1), qkv)
+
     def fuse(
         self,
         tokens: torch.Tensor,
         used: torch.Tensor,
         rows: torch.Tensor | None = None,
-        projected: torch.Tensor | None = None,
+        projected: torch.Tensor | Prepared | None = None,
     ) -> FusionOutput:
         """Fuse each sample's used modalities only. ``used``: bool ``[N, M]`` (at least one True
         per row). ``rows`` (long ``[N]``): row ``n`` fuses sample ``rows[n]`` of ``tokens``
         (default: sample ``n``), so a sample fused with many subsets is not copied per subset.
-        ``projected``: :meth:`project` of ``tokens``, reused in evaluation mode (computed here
-        for the used tokens when not given)."""
+        ``projected``: :meth:`prepare` of ``tokens`` (or :meth:`project` of them), reused in
+        evaluation mode (computed here for the used tokens when not given)."""
         n = tokens.shape[0] if rows is None else rows.shape[0]
         if used.shape != (n, self.num_modalities):
             raise DataError(f"fuse: used mask shape {tuple(used.shape)}, expected {(n, self.num_modalities)}")
@@ -150,22 +173,34 @@ class FlexibleBackbone(nn.Module):
             raise DataError(f"sample {i}: no modality is used; fusion needs at least one")
         if self.training:
             projected = None
+        if projected is not None and not isinstance(projected, Prepared):
+            projected = self.prepare(tokens, projected)
         if rows is None:
             rows = torch.arange(n, device=tokens.device)
         # Per row: its used tokens first, in their order (a stable sort), then the unused ones.
         order = torch.argsort((~token_used).to(torch.int8), dim=1, stable=True)
         lengths = torch.unique(counts).tolist()
+        if projected is not None:
+            # flat row indices into the prepared [B * (1 + T), .] tables: CLS, then the used tokens
+            width = projected.x.shape[1]
+            start = (rows * width).unsqueeze(1)
+            flat = torch.cat([start, order + 1 + start], dim=1)
+            x_table, qkv_table = projected.x.flatten(0, 1), projected.qkv.flatten(0, 1)
         # Rows of different lengths (e.g. DyMo's search: a sample's current subset next to its
         # candidates) are fused in one group per length, so no row is padded to the longest and
         # no attention mask is needed; then the row order is restored.
         parts, groups = [], []
         for length in lengths:
             idx = torch.nonzero(counts == length).flatten() if len(lengths) > 1 else None
-            r = rows if idx is None else rows[idx]
-            keep = order[:, :length] if idx is None else order[idx, :length]
-            sample = r.unsqueeze(1)
-            qkv = None if projected is None else projected[sample, keep]
-            parts.append(self._run(tokens[sample, keep], qkv))
+            if projected is not None:
+                f = flat[:, : length + 1] if idx is None else flat[idx, : length + 1]
+                shape = (f.shape[0], length + 1, -1)
+                f = f.reshape(-1)
+                parts.append(self._run_prepared(x_table.index_select(0, f).view(shape), qkv_table.index_select(0, f).view(shape)))
+            else:
+                r = rows if idx is None else rows[idx]
+                keep = order[:, :length] if idx is None else order[idx, :length]
+                parts.append(self._run(tokens[r.unsqueeze(1), keep]))
             groups.append(idx)
         if len(parts) == 1:
             return parts[0]
@@ -178,29 +213,31 @@ class FlexibleBackbone(nn.Module):
         keep = used[self.token_modality]
         return self._run(tokens[:, keep])
 
-    def _run(self, seq: torch.Tensor, qkv: torch.Tensor | None = None) -> FusionOutput:
+    def _run(self, seq: torch.Tensor) -> FusionOutput:
         """Transformer + heads on ``[CLS] + seq`` (every row of ``seq`` is all used tokens).
 
-        In evaluation mode the first block runs from ``qkv``, its projection of ``seq``
-        (:meth:`project`; computed here when not given). Training uses the modules as they are."""
+        In evaluation mode the first block runs from the projection of ``[CLS] + seq``
+        (:meth:`_run_prepared`). Training uses the modules as they are."""
         b = seq.shape[0]
         x = torch.cat([self.cls_token.expand(b, -1, -1), seq], dim=1)
+        if not self.training:
+            return self._run_prepared(x, self.project(x))
         blocks = list(self.blocks)
-        if qkv is None and not self.training:
-            qkv = self.project(seq)
-        if qkv is not None:
-            cls_qkv = self.project(self.cls_token)  # [1, 1, 3D], the same for every row
-            qkv = torch.cat([cls_qkv.expand(b, -1, -1), qkv], dim=1)
-            if len(blocks) == 1:
-                h = self.norm(self._projected_block(blocks[0], x, qkv, cls_only=True)[:, 0])
-                return self._heads(h)
-            x = self._projected_block(blocks[0], x, qkv, cls_only=False)
-            blocks = blocks[1:]
         for block in blocks[:-1]:
             x = block(x)
-        last = self._cls_block if self.training else self._cls_block_eval
-        h = self.norm(last(blocks[-1], x))
+        h = self.norm(self._cls_block(blocks[-1], x))
         return self._heads(h)
+
+    def _run_prepared(self, x: torch.Tensor, qkv: torch.Tensor) -> FusionOutput:
+        """Evaluation mode: transformer + heads on ``x`` = ``[CLS] + used tokens`` (``[N, S, D]``)
+        whose first-block projection ``qkv`` (``[N, S, 3 D]``) is given."""
+        blocks = list(self.blocks)
+        if len(blocks) == 1:
+            return self._heads(self.norm(self._projected_block(blocks[0], x, qkv, cls_only=True)[:, 0]))
+        x = self._projected_block(blocks[0], x, qkv, cls_only=False)
+        for block in blocks[1:-1]:
+            x = block(x)
+        return self._heads(self.norm(self._cls_block_eval(blocks[-1], x)))
 
     def _heads(self, h: torch.Tensor) -> FusionOutput:
         logits = self.classifier(h)
@@ -219,9 +256,12 @@ class FlexibleBackbone(nn.Module):
         q, k, v = qkv.view(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # each [B, H, S, d/H]
         if cls_only:
             q, x = q[:, :, :1], x[:, :1]
-        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, q.shape[2], d)
-        c = x + attn.out_proj(o)
-        return c + block.linear2(block.activation(block.linear1(block.norm2(c))))
+        s = q.shape[2]
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * s, d)
+        # residual + projection in one matrix product each (flat rows: every token alike)
+        c = torch.addmm(x.reshape(b * s, d), o, attn.out_proj.weight.t()).add_(attn.out_proj.bias)
+        g = block.activation(F.linear(block.norm2(c), block.linear1.weight, block.linear1.bias))
+        return torch.addmm(c, g, block.linear2.weight.t()).add_(block.linear2.bias).view(b, s, d)
 
     @staticmethod
     def _cls_block(block: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,17 @@ from dymo.utils.subsets import all_subsets, codes_to_masks
 log = logging.getLogger(__name__)
 
 
-def fuse_rows(backbone: Any, tokens: torch.Tensor, used: torch.Tensor, rows: torch.Tensor, projected: torch.Tensor | None) -> Any:
+def shared_projection(backbone: Any, tokens: torch.Tensor) -> Any:
+    """The per-sample work that every subset of a sample shares (``FlexibleBackbone.prepare``,
+    else ``project``), or None for a backbone that has neither."""
+    if hasattr(backbone, "prepare"):
+        return backbone.prepare(tokens)
+    return backbone.project(tokens) if hasattr(backbone, "project") else None
+
+
+def fuse_rows(backbone: Any, tokens: torch.Tensor, used: torch.Tensor, rows: torch.Tensor, projected: Any) -> Any:
     """``backbone.fuse`` of sample ``rows[n]`` with subset ``used[n]``; with ``projected``
-    (``FlexibleBackbone.project(tokens)``) the first block's per-token work is reused."""
+    (:func:`shared_projection` of ``tokens``) the first block's per-token work is reused."""
     if projected is not None:
         return backbone.fuse(tokens, used, rows=rows, projected=projected)
     return backbone.fuse(tokens[rows], used)
@@ -429,7 +437,7 @@ def calibration_item_features(
     data = {k: v.to(device) for k, v in batch.data.items()}
     observed = batch.observed.to(device)
     tokens = backbone.encode(data, observed)
-    projected = backbone.project(tokens) if hasattr(backbone, "project") else None
+    projected = shared_projection(backbone, tokens)
     masks = codes_to_masks(item.codes, len(dataset.modalities)).to(device)
     pos = item.pos.to(device)
     zs = []
@@ -583,7 +591,7 @@ class LazyCalibration:
                     data = {k: v.to(self.device) for k, v in batch.data.items()}
                     parts.append(backbone.encode(data, self._observed[lo : lo + batch_size]))
                 self._tokens = torch.cat(parts)
-                self._projected = backbone.project(self._tokens) if hasattr(backbone, "project") else None
+                self._projected = shared_projection(backbone, self._tokens)
         finally:
             backbone.train(was_training)
         self._row: dict[int, int] = {}

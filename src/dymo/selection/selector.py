@@ -26,7 +26,7 @@ import torch
 from dymo.config import Config
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.selection.acceptance import added_probabilities, check_threshold_value, sample_thresholds
-from dymo.selection.calibration import Calibration, fuse_rows
+from dymo.selection.calibration import Calibration, fuse_rows, shared_projection
 from dymo.selection.reward import ics, quality, reward
 from dymo.utils.io import atomic_write
 from dymo.utils.subsets import masks_to_codes
@@ -657,7 +657,7 @@ def select_with_backbone(
     try:
         with torch.no_grad():
             # the first block's per-token projections, once per sample for every candidate row
-            projected = backbone.project(tokens) if hasattr(backbone, "project") else None
+            projected = shared_projection(backbone, tokens)
             return select(fuse_fn, initial_used, candidates, calibration, config, chunk_size, modalities=names)
     finally:
         backbone.train(was_training)
