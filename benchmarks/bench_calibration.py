@@ -18,6 +18,16 @@ full calibration's, and both accuracies::
     .venv/bin/python benchmarks/bench_calibration.py --run runs/poly10k --threads 1 \\
         --per-class 128 256 512 1024 --eta 0.4 0.8 --lazy
 
+What a faster calibration would have to beat (``--fractions``, ``--encode-only``, ``--bf16``):
+
+- ``frac=f``: the full calibration of a seeded random fraction ``f`` of the training split
+  (every subset, every sampled tuple): how far DyMo's decisions move when the statistics come
+  from fewer training tuples, whatever the estimator;
+- ``encode only``: encoding every training tuple once and nothing else, the cost any
+  calibration that looks at every tuple pays, as a share of the full calibration;
+- ``bf16``: the full calibration with the backbone in bfloat16 (every tuple and subset, lower
+  precision; fast only on CPUs with bf16 matrix units).
+
 Writes ``benchmarks/results/calibration_speed.json``.
 """
 
@@ -65,6 +75,28 @@ def recovered_inputs(backbone: Any, train: Any, val: Any, eta: float, args: argp
             filled = rec.recover(batch)
             parts.append(backbone.encode(filled.data, torch.ones_like(filled.observed)))
     return torch.cat(parts), observed
+
+
+def bf16_copy(backbone: Any) -> Any:
+    """A bfloat16 copy of ``backbone`` whose ``encode`` casts float inputs to bfloat16."""
+    import copy
+
+    low = copy.deepcopy(backbone).to(torch.bfloat16).eval()
+    encode = low.encode
+
+    def cast_encode(data: dict[str, torch.Tensor], available: Any = None) -> torch.Tensor:
+        return encode({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in data.items()}, available)
+
+    low.encode = cast_encode
+    return low
+
+
+@torch.no_grad()
+def encode_all(backbone: Any, train: Any, batch_size: int = 512) -> None:
+    """Encode every training tuple once (what any calibration that sees every tuple pays)."""
+    for lo in range(0, len(train), batch_size):
+        batch = train.batch(np.arange(lo, min(lo + batch_size, len(train))))
+        backbone.encode(batch.data, batch.observed)
 
 
 def compare_full(args: argparse.Namespace) -> int:
@@ -116,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
+    p.add_argument("--fractions", type=float, nargs="*", default=[],
+                   help="also the full calibration of a seeded random fraction of the training split")
+    p.add_argument("--encode-only", action="store_true", help="also time encoding every training tuple once")
+    p.add_argument("--bf16", action="store_true", help="also the full calibration with a bfloat16 copy of the backbone")
     p.add_argument("--baseline-commit", default=None,
                    help="only time the full calibration with this tree's fusion against the fusion of an earlier commit")
     args = p.parse_args(argv)
@@ -147,6 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     t, cals["full"] = timed(lambda: compute_calibration(backbone, train, progress=False, samples_per_class=None))
     seconds["full"] = [t]
     print(f"full: {t:.1f} s", flush=True)
+    rng = np.random.default_rng(args.seed)
+    for f in args.fractions:
+        part = train.subset(np.sort(rng.permutation(len(train))[: int(round(f * len(train)))]))
+        name = f"frac={f:g}"
+        t, cals[name] = timed(lambda part=part: compute_calibration(backbone, part, progress=False, samples_per_class=None))
+        seconds[name] = [t]
+        print(f"{name}: {t:.1f} s ({len(part)} tuples)", flush=True)
+    if args.bf16:
+        low = bf16_copy(backbone)
+        t, cal = timed(lambda: compute_calibration(low, train, progress=False, samples_per_class=None))
+        cals["bf16"] = cal
+        seconds["bf16"] = [t]
+        print(f"bf16: {t:.1f} s", flush=True)
+    if args.encode_only:
+        t, _ = timed(lambda: encode_all(backbone, train))
+        seconds["encode only"] = [t]
+        print(f"encode only: {t:.1f} s", flush=True)
     for name, fn in fast.items():
         t, _ = timed(fn)
         seconds[name].append(t)
@@ -213,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(train)} training samples, {args.threads} thread(s); full calibration {med['full']:.1f} s")
     print("| calibration | seconds | full / this | " + " | ".join(f"identical {r['scenario']} | acc {r['scenario']}" for r in rows) + " |")
     print("|---|---|---|" + "---|---|" * len(rows))
+    if "encode only" in med:
+        print(f"encode only: {med['encode only']:.1f} s = {100 * med['encode only'] / med['full']:.1f}% of the full calibration")
     for name in results:
         s = med.get(name)
         cells = [f"{s:.1f}" if s is not None else "-", f"{med['full'] / s:.1f}x" if s is not None else "-"]

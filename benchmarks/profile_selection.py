@@ -4,8 +4,9 @@ For ``--n`` PolyMNIST test samples (or ``--data synthetic``) with random missing
 ``random:ETA`` and oracle recovery (as in ``bench_selection.py``), batches of ``--batch-size``:
 
 - (a) plain pass: ``encode`` all modalities + ``fuse`` all;
-- (b) DyMo: ``encode`` once + ``select_with_backbone``, split into: encode, the first block's
-  per-token projection (``project``, once per sample), the ``fuse`` calls of the search (rows
+- (b) DyMo: ``encode`` once + ``select_with_backbone``, split into: encode, the per-sample
+  shared work (``prepare``: CLS + tokens and the first block's per-token projections, once per
+  sample), the ``fuse`` calls of the search (rows
   and tokens fused), scoring (quality + ICS against the calibration), and the rest of the
   search (bookkeeping: masks, rewards, histories).
 
@@ -51,6 +52,26 @@ class Timers:
             return out
 
         return inner
+
+
+def fusion_macs(backbone: Any, rows: int, tokens: int, tokens_sq: int, shared: bool) -> float:
+    """Multiply-adds of ``fuse`` for ``rows`` rows holding ``tokens`` used tokens in all and
+    ``tokens_sq`` = sum over rows of (1 + used tokens)^2, at this tree's evaluation path: the
+    first block from the per-token projections (``shared``: computed once per sample, not
+    counted here), middle blocks in full, the last block for the CLS position only."""
+    cfg = backbone.config
+    d, r, heads = cfg.dim, cfg.mlp_ratio, cfg.heads
+    seq = tokens + rows  # every row also carries the CLS token
+    proj = 0.0 if shared else 3 * d * d * seq
+    mlp = 2 * r * d * d
+    attn = 2 * d * tokens_sq  # scores and weighted values of every query
+    heads_out = rows * d * (backbone.num_classes + cfg.proj_dim)
+    cls_last = rows * (4 * d * d + mlp) + seq * 2 * heads * d  # q, folded k/v, out, MLP; 2 dots per head per token
+    if cfg.depth == 1:
+        return proj + cls_last + heads_out
+    first = seq * (d * d + mlp) + attn
+    middle = (cfg.depth - 2) * (seq * (4 * d * d + mlp) + attn)
+    return proj + first + middle + cls_last + heads_out
 
 
 def baseline_backbone(backbone: Any, commit: str) -> Any:
@@ -128,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         parts = bench._batches(data, observed, args.batch_size)
         rounds: dict[str, list[float]] = defaultdict(list)
         fused = {}
-        orig = (backbone.encode, backbone.fuse, backbone.project, selector.quality, selector.ics)
+        # the per-sample shared work: `prepare` (CLS + tokens and their projections), else `project`
+        shared = "prepare" if hasattr(backbone, "prepare") else "project"
+        orig = (backbone.encode, backbone.fuse, getattr(backbone, shared), selector.quality, selector.ics)
 
         def fuse_count(tokens: Any, used: Any, rows: Any = None, projected: Any = None) -> dict[str, int]:
-            return {"rows": int(used.shape[0]), "tokens": int(used[:, tm].sum())}
+            per_row = used[:, tm].sum(1)
+            macs = fusion_macs(backbone, int(used.shape[0]), int(per_row.sum()), int(((per_row + 1) ** 2).sum()), projected is not None)
+            return {"rows": int(used.shape[0]), "tokens": int(per_row.sum()), "macs": int(macs)}
 
         def run_b(d: Any, o: Any, timers: Timers) -> None:
             t1 = time.perf_counter()
@@ -158,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                             timers = ta if which == "a" else tb
                             backbone.encode = timers.wrap(f"{which} encode", orig[0])
                             backbone.fuse = timers.wrap(f"{which} fuse", orig[1], fuse_count)
-                            backbone.project = timers.wrap(f"{which} project", orig[2])
+                            setattr(backbone, shared, timers.wrap(f"{which} project", orig[2]))
                             selector.quality = timers.wrap(f"{which} score", orig[3])
                             selector.ics = timers.wrap(f"{which} score", orig[4])
                             (run_a if which == "a" else run_b)(d, o, timers)
             finally:
-                backbone.encode, backbone.fuse, backbone.project, selector.quality, selector.ics = orig
-            fused, plain_tokens = dict(tb.count), ta.count["tokens"]
+                backbone.encode, backbone.fuse, _, selector.quality, selector.ics = orig
+                setattr(backbone, shared, orig[2])
+            fused, plain_tokens, plain_macs = dict(tb.count), ta.count["tokens"], ta.count["macs"]
             if r == 0:
                 continue
             t = {**ta.t, **tb.t}
@@ -184,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrandom:{eta}: {n} samples, batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats}")
         print(f"(b)/(a) = {med['b total'] / med['a total']:.2f}x; fused per sample: plain {plain_tokens / n:.1f} tokens; "
               f"dymo {fused['rows'] / n:.2f} rows, {fused['tokens'] / n:.1f} tokens")
+        work = fused["macs"] / plain_macs
+        bound = (med["a encode"] + med["b project"] + med["a fuse"] * work) / med["a total"]
+        print(f"fusion work (multiply-adds): dymo / plain = {work:.2f}x ({fused['macs'] / n / 1e6:.2f} M vs "
+              f"{plain_macs / n / 1e6:.2f} M per sample); (b)/(a) if (b) fused as fast per multiply-add as (a) and "
+              f"the search cost nothing: {bound:.2f}x")
         print("| part | ms/sample | share of (b) | / (a) total |")
         print("|---|---|---|---|")
         for k in ("a encode", "a fuse", "a total", "b encode", "b project", "b fuse", "b score", "b search rest", "b total"):
