@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=float, nargs="*", default=[],
                    help="also the full calibration of a seeded random fraction of the training split")
     p.add_argument("--encode-only", action="store_true", help="also time encoding every training tuple once")
+    p.add_argument("--save-full", default=None, help="write the full calibration to this file (safetensors)")
     p.add_argument("--bf16", action="store_true", help="also the full calibration with a bfloat16 copy of the backbone")
     p.add_argument("--baseline-commit", default=None,
                    help="only time the full calibration with this tree's fusion against the fusion of an earlier commit")
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     t, cals["full"] = timed(lambda: compute_calibration(backbone, train, progress=False, samples_per_class=None))
     seconds["full"] = [t]
     print(f"full: {t:.1f} s", flush=True)
+    if args.save_full:
+        cals["full"].save(args.save_full)
     rng = np.random.default_rng(args.seed)
     for f in args.fractions:
         part = train.subset(np.sort(rng.permutation(len(train))[: int(round(f * len(train)))]))

@@ -45,10 +45,12 @@ class Timers:
         def inner(*a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
             out = fn(*a, **k)
-            self.t[name] += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.t[name] += t1 - t0
             if counter is not None:
                 for key, v in counter(*a, **k).items():
                     self.count[key] += v
+                self.t["counting"] += time.perf_counter() - t1  # not part of the selection
             return out
 
         return inner
@@ -198,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                 rounds[k].append(t[k])
             rounds["b project"].append(t.get("b project", 0.0))
             rounds["b score"].append(t["b score"])
-            rounds["b search rest"].append(t["b select"] - t.get("b project", 0.0) - t["b fuse"] - t["b score"])
+            rounds["b search rest"].append(t["b select"] - t.get("b project", 0.0) - t["b fuse"] - t["b score"] - tb.t["counting"])
+            rounds["b total"][-1] -= tb.t["counting"]
+            rounds["a total"][-1] -= ta.t["counting"]
         if args.baseline_commit:
             old_bb = baseline_backbone(backbone, args.baseline_commit)
             same, t_old, t_new = compare_with_baseline(backbone, old_bb, parts, cal, args.repeats)
