@@ -140,3 +140,31 @@ def test_cli_default_sample_size_is_the_library_default():
     option = inspect.signature(calibrate_cmd).parameters["samples_per_class"].default
     assert option.default == DEFAULT_SAMPLES_PER_CLASS
     assert inspect.signature(compute_calibration).parameters["samples_per_class"].default == DEFAULT_SAMPLES_PER_CLASS
+
+
+def test_bfloat16_features_give_the_float32_statistics_to_bf16_precision():
+    """``dtype=torch.bfloat16`` fuses every sample and subset with a bfloat16 copy (the caller's
+    backbone is untouched) and stores float32 tables close to the float32 calibration's."""
+    from dymo.data.synthetic import make_synthetic
+    from dymo.models import BackboneConfig, FlexibleBackbone
+
+    torch.manual_seed(0)
+    train = make_synthetic(200, kinds=("image", "vector", "vector"), num_classes=3, signal=[0.9, 0.6, 0.8], seed=0)
+    model = FlexibleBackbone(train.specs, train.num_classes, BackboneConfig(dim=16, heads=2, depth=2, proj_dim=8,
+                             encoder_options={"image_channels": [4, 8, 16]})).eval()
+    full = compute_calibration(model, train, progress=False)
+    low = compute_calibration(model, train, progress=False, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert low.prototypes.dtype == torch.float32 and low.sigma.dtype == torch.float32
+    assert torch.equal(low.counts, full.counts)
+    # bfloat16 keeps 8 significant bits (relative rounding 2**-9 = 0.2%); through two blocks
+    # and the heads a unit-norm feature moves by about 1% of its norm, and its mean over a
+    # (subset, class) pair by no more: 0.02 absolute on coordinates of unit vectors.
+    torch.testing.assert_close(low.prototypes, full.prototypes, rtol=0, atol=2e-2)
+    torch.testing.assert_close(low.overall, full.overall, rtol=0, atol=2e-2)
+    # a spread well above the feature's rounding is kept to a few percent
+    wide = full.sigma[1:] > 0.05
+    assert bool(wide.any())
+    torch.testing.assert_close(low.sigma[1:][wide], full.sigma[1:][wide], rtol=0.05, atol=0)
+    with pytest.raises(ConfigError, match="float32 or bfloat16"):
+        compute_calibration(model, train, progress=False, dtype=torch.float16)

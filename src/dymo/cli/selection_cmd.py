@@ -37,6 +37,10 @@ def calibrate_cmd(
         "approximate; see docs/selection.md). Default: every sample."
     ),
     seed: int = typer.Option(0, help="Seed of the calibration sample."),
+    bf16: bool = typer.Option(
+        False, help="Compute the features in bfloat16 (every sample and subset, lower precision; faster only with "
+        "bf16 matrix units; see docs/selection.md)."
+    ),
     accelerator: str = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto."),
     devices: str = typer.Option("1", help=SCALE_HELP),
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp (processes start by re-running this command)."),
@@ -63,6 +67,7 @@ def calibrate_cmd(
         calibration_plan,
         check_sample_size,
         finish_calibration,
+        low_precision_copy,
     )
     from dymo.training.run import load_backbone, read_run_config
     from dymo.utils.artifact import check_output, sha256_file
@@ -94,14 +99,15 @@ def calibrate_cmd(
     if max_samples is not None and max_samples < len(train):
         train = train.subset(range(max_samples))
     plan = calibration_plan(train, samples_per_class, seed, batch_size)
+    features_of = low_precision_copy(backbone.eval(), torch.bfloat16 if bf16 else None)
 
     def process(i: int, device: Any) -> bytes:
-        codes, labels, z = calibration_item_features(backbone, train, plan[i])
+        codes, labels, z = calibration_item_features(features_of, train, plan[i])
         buf = io.BytesIO()
         torch.save({"codes": codes, "labels": labels, "z": z}, buf)
         return buf.getvalue()
 
-    parts = run_chunks(len(plan), process, run / ".calibration.parts", options, model=backbone, target=run / CALIBRATION_FILE)
+    parts = run_chunks(len(plan), process, run / ".calibration.parts", options, model=features_of, target=run / CALIBRATION_FILE)
     if parts is None:  # not the first process
         return
 
@@ -117,6 +123,7 @@ def calibrate_cmd(
     # Records the weights it was computed with: a retrained backbone makes it stale (refused).
     cal.save(run / CALIBRATION_FILE, backbone_sha256=sha256_file(run / "backbone.safetensors"))
     how = "every sample" if samples_per_class is None else f"at most {samples_per_class} samples per (subset, class)"
+    how += ", bfloat16 features" if bf16 else ""
     console.print(f"[green]calibrated[/] on {len(train)} training samples ({how}) -> {run / CALIBRATION_FILE}")
 
 

@@ -327,6 +327,29 @@ def _device_of(backbone: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def _dtype_of(backbone: Any) -> torch.dtype:
+    params = getattr(backbone, "parameters", None)
+    first = next(iter(params()), None) if params is not None else None
+    return torch.float32 if first is None else first.dtype
+
+
+def low_precision_copy(backbone: Any, dtype: torch.dtype | None) -> Any:
+    """``backbone`` itself (``dtype`` None or float32), else a copy in ``dtype`` for computing the
+    calibration features (``compute_calibration(dtype=torch.bfloat16)``, ``dymo calibrate
+    --bf16``): statistics are still accumulated in float64 and stored in float32. Fast only where
+    the CPU or GPU has bfloat16 matrix units (a warning says so when the CPU reports none)."""
+    if dtype is None or dtype == torch.float32:
+        return backbone
+    if dtype != torch.bfloat16:
+        raise ConfigError(f"calibration: dtype must be float32 or bfloat16, got {dtype}")
+    device = _device_of(backbone)
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("calibration in bfloat16: this CPU reports no bfloat16 support; it will be slower than float32")
+    import copy
+
+    return copy.deepcopy(backbone).to(dtype).eval()
+
+
 def _check_samples_per_class(samples_per_class: int | None) -> None:
     if samples_per_class is not None and samples_per_class < 1:
         raise ConfigError(f"calibration: samples_per_class must be >= 1 (or None for every sample), got {samples_per_class}")
@@ -433,8 +456,10 @@ def calibration_item_features(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(codes, labels, z)`` of one plan item (``z`` on the CPU), in the item's row order."""
     device = _device_of(backbone)
+    dtype = _dtype_of(backbone)
     batch = dataset.batch(item.samples)
-    data = {k: v.to(device) for k, v in batch.data.items()}
+    # float inputs in the backbone's dtype (a bfloat16 copy from `low_precision_copy`)
+    data = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.data.items()}
     observed = batch.observed.to(device)
     tokens = backbone.encode(data, observed)
     projected = shared_projection(backbone, tokens)
@@ -483,8 +508,14 @@ def compute_calibration(
     samples_per_class: int | None = DEFAULT_SAMPLES_PER_CLASS,
     seed: int = 0,
     min_samples: int = 5,
+    dtype: torch.dtype | None = None,
 ) -> Calibration:
     """Calibration statistics of ``backbone`` on ``dataset`` (a :class:`MultimodalDataset`).
+
+    ``dtype=torch.bfloat16`` computes the fused features with a bfloat16 copy of the backbone
+    (every sample and subset, lower precision; opt-in): on the 60,000 PolyMNIST tuples it was
+    1.9x faster on a CPU with bf16 matrix units and kept 99.6-99.8% of DyMo's validation
+    decisions (``benchmarks/README.md``).
 
     ``samples_per_class``: every (subset, class) pair is estimated from (at most) this many
     training samples, the first ones of a seeded random permutation of ``dataset`` that observe
@@ -515,8 +546,9 @@ def compute_calibration(
         items = track(plan, description="calibration", total=len(plan), transient=True)
     was_training = backbone.training
     backbone.eval()
+    features_of = low_precision_copy(backbone, dtype)
     try:
-        parts = (calibration_item_features(backbone, dataset, item, max_rows) for item in items)
+        parts = (calibration_item_features(features_of, dataset, item, max_rows) for item in items)
         return finish_calibration(parts, dataset, metric, temperature, min_samples)
     finally:
         backbone.train(was_training)
