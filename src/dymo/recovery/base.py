@@ -191,7 +191,7 @@ class Recoverer(ABC):
         if not self.allows_missing_values:
             return False
         return any(
-            bool(torch.isnan(batch.data[s.name]).any()) for s in self.specs if s.kind == "vector"
+            bool(torch.isnan(batch.data[s.name]).any()) for s in self.specs if s.kind_object.tabular
         )
 
     def _check_fitted(self) -> None:

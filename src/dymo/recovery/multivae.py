@@ -74,6 +74,8 @@ from torch import nn
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.errors import BundleError, ConfigError, DataError
+from dymo.models.networks import build_network
+from dymo.models.vae import Standardizer
 from dymo.recovery.base import (
     Recoverer,
     RecovererConfig,
@@ -81,14 +83,7 @@ from dymo.recovery.base import (
     group_by_pattern,
     require_weights,
 )
-from dymo.recovery.mopoe import (
-    ImageDecoder,
-    ImageEncoder,
-    Standardizer,
-    VectorDecoder,
-    VectorEncoder,
-    _epoch_seed,
-)
+from dymo.recovery.mopoe import _epoch_seed
 from dymo.training.engine import FitConfig, fit_module
 
 log = logging.getLogger(__name__)
@@ -274,15 +269,14 @@ class MultiVaeRecoverer(Recoverer):
 
         cfg = self.config
         names = [s.name for s in self.specs]
+        likelihoods = [(s, build_network(s, "vae-likelihood", cfg)) for s in self.specs]
         common: dict[str, Any] = dict(
             n_modalities=len(names),
             latent_dim=cfg.latent_dim,
             input_dims={s.name: tuple(s.shape) for s in self.specs},
             uses_likelihood_rescaling=cfg.likelihood_rescaling,
-            decoders_dist={s.name: (cfg.image_likelihood if s.kind == "image" else "normal") for s in self.specs},
-            decoder_dist_params={
-                s.name: {"scale": cfg.likelihood_scale if s.kind == "image" else cfg.vector_scale} for s in self.specs
-            },
+            decoders_dist={s.name: lik.dist for s, lik in likelihoods},
+            decoder_dist_params={s.name: {"scale": lik.scale} for s, lik in likelihoods},
             K=cfg.K,
             prior_and_posterior_dist=cfg.prior_and_posterior_dist,
             learn_modality_prior=True,
@@ -302,8 +296,11 @@ class MultiVaeRecoverer(Recoverer):
 
         cfg = self.config
         for s in self.specs:
-            if s.kind == "text":
-                raise DataError(f"{self.name}: modality {s.name!r} is text; the MultiVae recoverers support image and vector modalities")
+            if not build_network(s, "vae-likelihood", cfg).continuous:
+                raise DataError(
+                    f"{self.name}: modality {s.name!r} is {s.kind}; the MultiVae recoverers support modalities with a "
+                    "continuous likelihood (image and vector)"
+                )
         Encoder, Decoder = _network_classes()
         width = cfg.latent_dim + cfg.modality_dim
         with torch.random.fork_rng(devices=[]):
@@ -312,12 +309,9 @@ class MultiVaeRecoverer(Recoverer):
             decoders: dict[str, nn.Module] = {}
             scalers: dict[str, nn.Module] = {}
             for s in self.specs:
-                if s.kind == "image":
-                    enc: nn.Module = ImageEncoder(s.shape, cfg.image_channels, width)
-                    dec: nn.Module = ImageDecoder(s.shape, cfg.image_channels, width)
-                else:
-                    enc = VectorEncoder(s.shape[0], cfg.hidden_dim, width)
-                    dec = VectorDecoder(s.shape[0], cfg.hidden_dim, width)
+                enc = build_network(s, "vae-encoder", cfg, width)
+                dec = build_network(s, "vae-decoder", cfg, width)
+                if s.kind_object.tabular:
                     scalers[s.name] = Standardizer(s.shape[0])
                 encoders[s.name] = Encoder(enc, cfg.latent_dim, cfg.modality_dim)
                 decoders[s.name] = Decoder(dec)
