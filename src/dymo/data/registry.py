@@ -16,7 +16,7 @@ from typing import Any
 from dymo.config import Config
 from dymo.data.dataset import SplitDataset
 from dymo.data.entry import BuildResult, DatasetEntry, Progress
-from dymo.data.polymnist import read_polymnist_folder
+from dymo.data.polymnist_format import read_polymnist_folder
 from dymo.errors import ConfigError, DataError
 from dymo.utils.io import read_json, save_npy
 
