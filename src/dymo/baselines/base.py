@@ -47,7 +47,7 @@ import dymo
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import HasSpecs, ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
 from dymo.selection.selector import DEPRECATED_NAMES
@@ -70,7 +70,7 @@ RECOVERER_DIR = "recoverer"
 B = TypeVar("B", bound="Baseline")
 
 
-class Baseline(ABC):
+class Baseline(HasSpecs, ABC):
     """A comparison method behind DyMo's interface. See the module docstring."""
 
     #: Registry name (also written to ``config.json``).
@@ -87,16 +87,7 @@ class Baseline(ABC):
     uses_labels: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
-        if config is None:
-            config = self.config_class.from_dict(overrides)
-        else:
-            if not isinstance(config, self.config_class):
-                raise ConfigError(
-                    f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
-                )
-            if overrides:
-                config = config.replace(**overrides)
-        self.config: Any = config
+        self.config: Any = self.config_class.coerce(config, overrides, type(self).__name__)
         self.specs: list[ModalitySpec] = []
         self.class_names: list[str] = []
         self.net: nn.Module | None = None
@@ -114,18 +105,6 @@ class Baseline(ABC):
     @property
     def fitted(self) -> bool:
         return self.net is not None
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.specs)
-
-    @property
-    def num_modalities(self) -> int:
-        return len(self.specs)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __repr__(self) -> str:
         state = "fitted" if self.fitted else "not fitted"

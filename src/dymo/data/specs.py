@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -64,6 +65,30 @@ class ModalitySpec:
     def to_tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Convert a stored batch array (leading batch dim) to the model's input tensor."""
         return self.kind_object.to_tensor(array, self)
+
+
+class HasModalities:
+    """``modalities`` and ``num_modalities`` of an object holding ``specs``."""
+
+    specs: Sequence[ModalitySpec]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.specs)
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.specs)
+
+
+class HasSpecs(HasModalities):
+    """Adds ``num_classes`` from ``class_names``."""
+
+    class_names: Sequence[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 def specs_to_list(specs: list[ModalitySpec] | tuple[ModalitySpec, ...]) -> list[dict[str, Any]]:

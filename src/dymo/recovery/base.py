@@ -66,7 +66,7 @@ import torch
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
-from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import HasSpecs, ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.utils.artifact import (
     array_fingerprint,
@@ -92,7 +92,7 @@ class RecovererConfig(Config):
     """Base of every recoverer config (a validated dataclass that round-trips to JSON)."""
 
 
-class Recoverer(ABC):
+class Recoverer(HasSpecs, ABC):
     """Fills missing modalities; observed ones pass through bit-identical. See the module doc."""
 
     name: ClassVar[str] = ""
@@ -109,16 +109,7 @@ class Recoverer(ABC):
     uses_training_data: ClassVar[bool] = False
 
     def __init__(self, config: RecovererConfig | None = None, **overrides: Any) -> None:
-        if config is None:
-            config = self.config_class.from_dict(overrides)
-        else:
-            if not isinstance(config, self.config_class):
-                raise ConfigError(
-                    f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
-                )
-            if overrides:
-                config = config.replace(**overrides)
-        self.config = config
+        self.config = self.config_class.coerce(config, overrides, type(self).__name__)
         self.specs: list[ModalitySpec] = []
         self.class_names: list[str] = []
         self.fitted = False
@@ -126,14 +117,6 @@ class Recoverer(ABC):
         self.made_from: dict[str, Any] = {}
 
     # -- properties ------------------------------------------------------------------------
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.specs)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     def __repr__(self) -> str:
         state = "fitted" if self.fitted else "not fitted"
         return f"{type(self).__name__}({self.config}, {state}, modalities={list(self.modalities)})"

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dymo.errors import BundleError, OutputError
-from dymo.utils.io import default_dir_mode, read_json
+from dymo.utils.io import default_dir_mode, read_json, read_json_object
 
 ARTIFACT_FORMAT = 1
 PREDICTIONS_HEADER = "sample,status,predicted_class"
@@ -157,14 +157,7 @@ def read_manifest(
     folder = Path(folder)
     what = what or artifact
     path = folder / file
-    if not path.exists():
-        raise BundleError(f"{folder}: no {file}; not a saved {what} (or its save did not finish)")
-    try:
-        meta = read_json(path)
-    except ValueError as e:
-        raise BundleError(f"{path}: corrupt JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{path}: expected a JSON object, got {type(meta).__name__}; not a saved {what}")
+    meta = read_json_object(path, BundleError, f"{folder}: no {file}; not a saved {what} (or its save did not finish)", f"a saved {what}")
     fmt = meta.get("format", ARTIFACT_FORMAT)  # the first backbone runs recorded none
     if fmt != ARTIFACT_FORMAT:
         raise BundleError(f"{path}: {what} format {fmt!r}, this dymo reads {ARTIFACT_FORMAT}")
