@@ -46,19 +46,20 @@ from torch import nn
 import dymo
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
+from dymo.data.component import Component
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.specs import HasSpecs, ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import ModalitySpec
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
 from dymo.selection.selector import DEPRECATED_NAMES
 from dymo.utils.artifact import (
-    component_manifest,
     dataset_fingerprint,
     load_weights,
     read_manifest,
     sha256_json,
+    write_manifest,
 )
-from dymo.utils.io import save_tensors, write_json
+from dymo.utils.io import save_tensors
 
 log = logging.getLogger("dymo.baselines")
 
@@ -70,7 +71,7 @@ RECOVERER_DIR = "recoverer"
 B = TypeVar("B", bound="Baseline")
 
 
-class Baseline(HasSpecs, ABC):
+class Baseline(Component, ABC):
     """A comparison method behind DyMo's interface. See the module docstring."""
 
     #: Registry name (also written to ``config.json``).
@@ -87,13 +88,9 @@ class Baseline(HasSpecs, ABC):
     uses_labels: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
-        self.config: Any = self.config_class.coerce(config, overrides, type(self).__name__)
-        self.specs: list[ModalitySpec] = []
-        self.class_names: list[str] = []
+        super().__init__(config, **overrides)  # made_from: the fingerprint of the train + val data
         self.net: nn.Module | None = None
         self.recoverer: Recoverer | None = None
-        #: what it was trained on (fingerprint of the train + val data), recorded in its config.json
-        self.made_from: dict[str, Any] = {}
         self.device = torch.device("cpu")
 
     # -- properties ------------------------------------------------------------------------
@@ -105,10 +102,6 @@ class Baseline(HasSpecs, ABC):
     @property
     def fitted(self) -> bool:
         return self.net is not None
-
-    def __repr__(self) -> str:
-        state = "fitted" if self.fitted else "not fitted"
-        return f"{type(self).__name__}({self.config}, {state}, modalities={list(self.modalities)})"
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self: B, data: SplitDataset, recoverer: Recoverer | None = None, progress: bool = True) -> B:
@@ -274,13 +267,7 @@ class Baseline(HasSpecs, ABC):
         if self.recoverer is not None:
             self.recoverer.save(path / RECOVERER_DIR)
             rec_dir = RECOVERER_DIR
-        write_json(
-            path / CONFIG_FILE,
-            component_manifest(
-                "baseline", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
-                class_names=list(self.class_names), made_from=self.made_from, recoverer=rec_dir,
-            ),
-        )
+        write_manifest(path, "baseline", self.name, self, recoverer=rec_dir)
         return path
 
     @classmethod
@@ -303,14 +290,7 @@ class Baseline(HasSpecs, ABC):
         meta = read_baseline_meta(path)
         if DEPRECATED_NAMES.get(meta["kind"], meta["kind"]) != cls.name:  # a folder saved under an old name
             raise BundleError(f"{path / CONFIG_FILE}: holds a {meta['kind']!r} baseline, not {cls.name!r}")
-        try:
-            config = cls.config_class.from_dict(meta["config"])
-        except ConfigError as e:
-            raise BundleError(f"{path / CONFIG_FILE}: bad config ({e})") from None
-        obj = cls(config=config)
-        obj.specs = specs_from_list(meta["specs"])
-        obj.class_names = list(meta["class_names"])
-        obj.made_from = dict(meta.get("made_from") or {})
+        obj = cls._from_manifest(meta, path / CONFIG_FILE)
         net = obj._build()
         wpath = path / WEIGHTS_FILE
         state = load_weights(wpath)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import SplitDataset
+from dymo.errors import ConfigError, DataError
 
 Progress = Callable[[int, int], None]
 
@@ -37,6 +39,17 @@ class DatasetEntry:
     # Built from files the user supplies (``source=PATH``): ``load_or_build(name)`` with no
     # options then loads whatever finished build is there instead of rebuilding.
     external: bool = False
+
+
+def source_folder(source: str | None, dataset: str, holds: str, what: str) -> Path:
+    """The folder an external dataset is read from (``source=PATH``): ConfigError when it is not
+    set (saying what it must hold), DataError when it is not a folder."""
+    if not source:
+        raise ConfigError(f"{dataset}: set source=PATH, the folder holding {holds} (Python: build_dataset({dataset!r}, source=PATH))")
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: {what} folder not found")
+    return root
 
 
 def done(progress: Progress | None) -> None:

@@ -43,7 +43,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, done
+from dymo.data.entry import BuildResult, DatasetEntry, done, source_folder
 from dymo.data.mfeat import CLASS_NAMES as MFEAT_CLASSES
 from dymo.data.mfeat import VIEWS, MFeatConfig, _stratified_split, mfeat_dir, read_view
 from dymo.data.mst import torch_load
@@ -194,14 +194,7 @@ def _images_from_tensor(obj: Any, size: int, channels: int, path: Path) -> np.nd
 def read_image_table(config: ImageTableConfig | None = None, progress: Progress | None = None, **options: Any) -> SplitDataset:
     """Read an image + table dataset in the TIP / DVM layout (see the module docstring)."""
     cfg = config or ImageTableConfig(**options)
-    if not cfg.source:
-        raise ConfigError(
-            "image-table: set source=PATH, the folder holding the TIP/DVM feature CSVs and .pt files "
-            "(Python: build_dataset('image-table', source=PATH))"
-        )
-    root = Path(cfg.source).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: image-table folder not found")
+    root = source_folder(cfg.source, "image-table", "the TIP/DVM feature CSVs and .pt files", "image-table")
     image_roots = [Path(cfg.image_root).expanduser()] if cfg.image_root else []
     image_roots.append(root)
 

@@ -65,18 +65,19 @@ import torch
 
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
+from dymo.data.component import Component
 from dymo.data.dataset import MultimodalDataset
-from dymo.data.specs import HasSpecs, ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import ModalitySpec
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.utils.artifact import (
     array_fingerprint,
     check_output,
-    component_manifest,
     dataset_fingerprint,
     load_weights,
     read_manifest,
+    write_manifest,
 )
-from dymo.utils.io import load_tensors, save_tensors, write_json
+from dymo.utils.io import load_tensors, save_tensors
 
 FORMAT_VERSION = 1
 #: Set while a recoverer is saved self-contained: TrainingData copies its files in.
@@ -92,7 +93,7 @@ class RecovererConfig(Config):
     """Base of every recoverer config (a validated dataclass that round-trips to JSON)."""
 
 
-class Recoverer(HasSpecs, ABC):
+class Recoverer(Component, ABC):
     """Fills missing modalities; observed ones pass through bit-identical. See the module doc."""
 
     name: ClassVar[str] = ""
@@ -109,17 +110,8 @@ class Recoverer(HasSpecs, ABC):
     uses_training_data: ClassVar[bool] = False
 
     def __init__(self, config: RecovererConfig | None = None, **overrides: Any) -> None:
-        self.config = self.config_class.coerce(config, overrides, type(self).__name__)
-        self.specs: list[ModalitySpec] = []
-        self.class_names: list[str] = []
+        super().__init__(config, **overrides)
         self.fitted = False
-        #: what it was fitted on (the training data's fingerprint), recorded in its config.json
-        self.made_from: dict[str, Any] = {}
-
-    # -- properties ------------------------------------------------------------------------
-    def __repr__(self) -> str:
-        state = "fitted" if self.fitted else "not fitted"
-        return f"{type(self).__name__}({self.config}, {state}, modalities={list(self.modalities)})"
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self: R, train: MultimodalDataset, progress: bool = True) -> R:
@@ -217,13 +209,7 @@ class Recoverer(HasSpecs, ABC):
             save_tensors(path / WEIGHTS_FILE, tensors, metadata={"kind": self.name})
         elif (path / WEIGHTS_FILE).exists():
             (path / WEIGHTS_FILE).unlink()
-        write_json(
-            path / CONFIG_FILE,
-            component_manifest(
-                "recoverer", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
-                class_names=list(self.class_names), made_from=self.made_from, extra=extra,
-            ),
-        )
+        write_manifest(path, "recoverer", self.name, self, extra=extra)
         return path
 
     @classmethod
@@ -238,14 +224,7 @@ class Recoverer(HasSpecs, ABC):
         meta = read_recoverer_meta(path)
         if meta["kind"] != cls.name:
             raise BundleError(f"{path / CONFIG_FILE}: holds a {meta['kind']!r} recoverer, not {cls.name!r}")
-        try:
-            config = cls.config_class.from_dict(meta["config"])
-        except ConfigError as e:
-            raise BundleError(f"{path / CONFIG_FILE}: bad config ({e})") from None
-        obj = cls(config=config)
-        obj.specs = specs_from_list(meta["specs"])
-        obj.class_names = list(meta.get("class_names", []))
-        obj.made_from = dict(meta.get("made_from") or {})
+        obj = cls._from_manifest(meta, path / CONFIG_FILE)
         wpath = path / WEIGHTS_FILE
         tensors: dict[str, torch.Tensor] = load_weights(wpath) if wpath.exists() else {}
         if train is not None and cls.uses_training_data:

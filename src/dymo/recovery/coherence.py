@@ -31,13 +31,13 @@ from torch import nn
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch, zero_nan_values
 from dymo.data.dataset import MultimodalDataset
-from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import ModalitySpec, specs_from_list
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.models.networks import build_network
 from dymo.recovery.base import Recoverer
 from dymo.training.engine import FitConfig, fit_module
-from dymo.utils.artifact import component_manifest, load_weights, read_manifest
-from dymo.utils.io import atomic_write, save_tensors, write_json
+from dymo.utils.artifact import load_weights, read_manifest, write_manifest
+from dymo.utils.io import atomic_write, save_tensors
 from dymo.utils.progress import progress_bar
 
 log = logging.getLogger("dymo.recovery")
@@ -189,12 +189,7 @@ class UnimodalClassifier(nn.Module):
         path = Path(path_dir)
         path.mkdir(parents=True, exist_ok=True)
         save_tensors(path / "weights.safetensors", dict(self.state_dict()))
-        write_json(
-            path / "config.json",
-            component_manifest(
-                "classifier", CLASSIFIER_KIND, config=self.config.to_dict(), specs=specs_to_list(self.specs), class_names=self.class_names,
-            ),
-        )
+        write_manifest(path, "classifier", CLASSIFIER_KIND, self)
         return path
 
     @classmethod

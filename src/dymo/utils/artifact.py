@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dymo.errors import BundleError, OutputError
-from dymo.utils.io import default_dir_mode, read_json, read_json_object
+from dymo.utils.io import default_dir_mode, read_json, read_json_object, write_json
 
 ARTIFACT_FORMAT = 1
 PREDICTIONS_HEADER = "sample,status,predicted_class"
@@ -139,6 +139,19 @@ def component_manifest(artifact: str, kind: str, **fields: Any) -> dict[str, Any
     import dymo
 
     return {"format": ARTIFACT_FORMAT, "artifact": artifact, "kind": kind, "dymo_version": dymo.__version__, **fields}
+
+
+def write_manifest(folder: Path, artifact: str, kind: str, component: Any, **fields: Any) -> None:
+    """Write ``folder/config.json`` for ``component``: its ``config``, ``specs``, ``class_names``
+    and (when it records one) ``made_from``, then ``fields``."""
+    base: dict[str, Any] = {
+        "config": component.config.to_dict(),
+        "specs": [s.to_dict() for s in component.specs],
+        "class_names": list(component.class_names),
+    }
+    if hasattr(component, "made_from"):
+        base["made_from"] = component.made_from
+    write_json(folder / "config.json", component_manifest(artifact, kind, **base, **fields))
 
 
 def read_manifest(

@@ -26,7 +26,6 @@ class ImageKind(ModalityKind):
     """``shape = (C, H, W)``; model input float32 in [0, 1]."""
 
     name = "image"
-    dtype = torch.float32
     layout = "files"
     rank = 3
     shape_doc = "(C, H, W)"

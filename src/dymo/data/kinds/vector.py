@@ -21,7 +21,6 @@ class VectorKind(ModalityKind):
     """``shape = (F,)``; model input float32 (standardised when the spec stores mean/std)."""
 
     name = "vector"
-    dtype = torch.float32
     layout = "csv"
     tabular = True
     networks = "dymo.models.vector"
