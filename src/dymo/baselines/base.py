@@ -328,14 +328,33 @@ class NetBaseline(Baseline):
     """A baseline whose network (a :class:`~dymo.baselines.training.BaselineNet`) is trained
     by the shared Lightning helper; its config has a ``train: FitConfig`` field."""
 
+    #: Training phases, in order: ``net.phase`` is set (and :meth:`_enter_phase` called) before
+    #: each is fitted; trainable again at the end. Empty: one fit.
+    phases: ClassVar[tuple[str, ...]] = ()
+
     def _fit(self, data: SplitDataset, progress: bool) -> None:
         from dymo.baselines.training import fit_network, seed_everything
 
         seed_everything(self.config.train.seed)
         net = self._build()
-        fit_network(net, data, self.config.train, progress=progress, name=self.name)
+        if not self.phases:
+            fit_network(net, data, self.config.train, progress=progress, name=self.name)
+        for phase in self.phases:
+            net.phase = phase
+            self._enter_phase(net, phase)
+            fit_network(net, data, self.config.train, progress=progress, name=f"{self.name} {phase}")
+        if self.phases:
+            net.requires_grad_(True)
         self._after_fit(net, data)
         self.net = net
+
+    def _enter_phase(self, net: nn.Module, phase: str) -> None:
+        """Hook: before fitting ``phase`` (e.g. freezing what the phase must not train)."""
+
+    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
+        """Class probabilities from the network's ``log_proba(data, observed)`` (the default)."""
+        assert self.net is not None
+        return self.net.log_proba(batch.data, batch.observed).exp()
 
     def _after_fit(self, net: nn.Module, data: SplitDataset) -> None:
         """Hook: post-training steps on the best weights (e.g. ranking modalities on val)."""

@@ -57,7 +57,20 @@ def fit_classifier(
     root: str | os.PathLike | None = None,
     tune: bool = True,
 ) -> Any:
-    """See :meth:`DyMoClassifier.fit`."""
+    """Train backbone + recoverer + calibration on ``dataset`` and return the classifier.
+
+    ``dataset``: a :class:`~dymo.data.dataset.SplitDataset` with ``train`` and ``val`` splits,
+    or a dataset name / folder (``open_dataset``). ``recovery``: a recoverer name
+    (``retrieval``, ``mopoe``, ``knn``, ...; options in ``recovery_options``). ``backbone`` /
+    ``train`` / ``selection``: configs or dicts (defaults: ``BackboneConfig()``,
+    ``TrainConfig()`` = 4 epochs, batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
+    ``epochs`` overrides ``train.epochs``. ``run_dir`` keeps the backbone run (logs,
+    checkpoints); by default it is a temporary folder. The training split may miss
+    modalities (docs/data.md). ``tune``: also tune DyMo's acceptance rule on the validation
+    split (docs/selection.md; off = the paper's rule, reward > 0). ``root``: where a named dataset is
+    looked up. Then ``predict`` /
+    ``predict_proba`` / ``explain`` / ``save_pretrained``.
+    """
     from dymo.data.registry import open_dataset
     from dymo.models.backbone import BackboneConfig
     from dymo.recovery.registry import get_recoverer
