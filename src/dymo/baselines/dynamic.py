@@ -97,6 +97,7 @@ class DynMMBaseline(NetBaseline):
     name = "dynmm"
     paper = "Xue & Marculescu, Dynamic Multimodal Fusion, CVPR-W 2023"
     config_class = DynMMConfig
+    phases = ("experts", "gate")
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -105,8 +106,6 @@ class DynMMBaseline(NetBaseline):
     def _build(self) -> nn.Module:
         c = self.config
         return DynMMNet(self.specs, self.num_classes, c.backbone, c.gate_hidden, c.tau, c.cost_weight, c.drop_prob, c.complete_prob)
-
-    phases = ("experts", "gate")
 
     def _enter_phase(self, net: nn.Module, phase: str) -> None:
         if phase == "gate":

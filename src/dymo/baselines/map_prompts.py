@@ -131,12 +131,11 @@ class MAPBaseline(NetBaseline):
     name = "map"
     paper = "Lee et al., Multimodal Prompting with Missing Modalities for Visual Recognition (MAP), CVPR 2023"
     config_class = MAPConfig
+    phases = ("pretrain", "prompts")
 
     def _build(self) -> nn.Module:
         c = self.config
         return MAPNet(self.specs, self.num_classes, c.backbone, c.prompt_length, c.drop_prob)
-
-    phases = ("pretrain", "prompts")
 
     def _enter_phase(self, net: nn.Module, phase: str) -> None:
         if phase == "prompts" and self.config.freeze_backbone:

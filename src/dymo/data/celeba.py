@@ -40,7 +40,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, source_folder
+from dymo.data.entry import DatasetEntry, source_folder
 from dymo.data.mst import MOPOE_ALPHABET, encode_text, read_alphabet
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
@@ -267,10 +267,6 @@ def read_celeba(config: CelebAConfig | None = None, progress: Progress | None = 
 # -- registry entries ------------------------------------------------------------------------
 
 
-def _build_entry(cfg: CelebAConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_celeba(cfg, progress), {})
-
-
 DATASETS = (
     DatasetEntry(
         "celeba",
@@ -278,7 +274,7 @@ DATASETS = (
         CelebAConfig,
         {},
         BUILDER_VERSION,
-        _build_entry,
+        read_celeba,
         external=True,
     ),
 )

@@ -35,7 +35,8 @@ class DatasetEntry:
     config_cls: type[Config]
     defaults: dict[str, Any]
     builder_version: int
-    build: Callable[[Any, Progress | None], BuildResult]
+    #: ``build(config, progress)``: the dataset, or a :class:`BuildResult` when extras go beside it.
+    build: Callable[[Any, Progress | None], BuildResult | SplitDataset]
     # Built from files the user supplies (``source=PATH``): ``load_or_build(name)`` with no
     # options then loads whatever finished build is there instead of rebuilding.
     external: bool = False
@@ -56,3 +57,15 @@ def done(progress: Progress | None) -> None:
     """Report a one-step build as finished."""
     if progress is not None:
         progress(1, 1)
+
+
+def one_step(build: Callable[[Any], SplitDataset]) -> Callable[[Any, Progress | None], SplitDataset]:
+    """The entry's build function for ``build(config)``, a builder that reports no progress:
+    the progress bar completes when it returns."""
+
+    def run(config: Any, progress: Progress | None) -> SplitDataset:
+        ds = build(config)
+        done(progress)
+        return ds
+
+    return run

@@ -43,7 +43,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, done, source_folder
+from dymo.data.entry import DatasetEntry, one_step, source_folder
 from dymo.data.mfeat import CLASS_NAMES as MFEAT_CLASSES
 from dymo.data.mfeat import VIEWS, MFeatConfig, _stratified_split, mfeat_dir, read_view
 from dymo.data.mst import torch_load
@@ -366,16 +366,6 @@ def build_mfeat_image_table(config: MFeatConfig | None = None, folder: Path | No
 # -- registry entries ------------------------------------------------------------------------
 
 
-def _build_image_table(cfg: ImageTableConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_image_table(cfg, progress), {})
-
-
-def _build_mfeat_image_table(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
-    ds = build_mfeat_image_table(cfg)
-    done(progress)
-    return BuildResult(ds, {})
-
-
 DATASETS = (
     DatasetEntry(
         "mfeat-image-table",
@@ -383,7 +373,7 @@ DATASETS = (
         MFeatConfig,
         {},
         MFEAT_IMAGE_TABLE_VERSION,
-        _build_mfeat_image_table,
+        one_step(build_mfeat_image_table),
     ),
     DatasetEntry(
         "image-table",
@@ -391,7 +381,7 @@ DATASETS = (
         ImageTableConfig,
         {},
         BUILDER_VERSION,
-        _build_image_table,
+        read_image_table,
         external=True,
     ),
 )

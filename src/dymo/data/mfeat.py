@@ -20,7 +20,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, Progress, done
+from dymo.data.entry import DatasetEntry, one_step
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -149,12 +149,6 @@ def build_mfeat(config: MFeatConfig | None = None, folder: Path | None = None) -
 # -- registry entries ------------------------------------------------------------------------
 
 
-def _build_entry(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
-    ds = build_mfeat(cfg)
-    done(progress)
-    return BuildResult(ds, {})
-
-
 DATASETS = (
     DatasetEntry(
         "mfeat",
@@ -162,6 +156,6 @@ DATASETS = (
         MFeatConfig,
         {},
         BUILDER_VERSION,
-        _build_entry,
+        one_step(build_mfeat),
     ),
 )

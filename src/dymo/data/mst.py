@@ -44,7 +44,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, source_folder
+from dymo.data.entry import DatasetEntry, source_folder
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -377,10 +377,6 @@ def read_mst(config: MSTConfig | None = None, progress: Progress | None = None, 
 # -- registry entries ------------------------------------------------------------------------
 
 
-def _build_entry(cfg: MSTConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_mst(cfg, progress), {})
-
-
 DATASETS = (
     DatasetEntry(
         "mst",
@@ -388,7 +384,7 @@ DATASETS = (
         MSTConfig,
         {},
         BUILDER_VERSION,
-        _build_entry,
+        read_mst,
         external=True,
     ),
 )

@@ -134,6 +134,8 @@ def build_dataset(
     cfg = make_config(name, **options)
     target = _target_name(name, out_name)
     result = entry.build(cfg, progress)
+    if not isinstance(result, BuildResult):
+        result = BuildResult(result, {})
     ds = result.dataset
     ds.name = target
     ds.build_info = build_info(name, cfg)

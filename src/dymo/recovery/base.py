@@ -77,7 +77,7 @@ from dymo.utils.artifact import (
     read_manifest,
     write_manifest,
 )
-from dymo.utils.io import load_tensors, save_tensors
+from dymo.utils.io import save_tensors
 
 FORMAT_VERSION = 1
 #: Set while a recoverer is saved self-contained: TrainingData copies its files in.
@@ -404,12 +404,7 @@ class TrainingData:
     ) -> TrainingData:
         """Re-open the referenced training data (or check and use ``train`` if given)."""
         fpath = path / cls.FILE
-        try:
-            embedded = load_tensors(fpath)
-        except FileNotFoundError:
-            raise BundleError(f"{fpath}: file missing") from None
-        except Exception as e:
-            raise BundleError(f"{fpath}: truncated or corrupt ({e})") from None
+        embedded = load_weights(fpath)
         labels = embedded["__labels__"].numpy()
         arrays: dict[str, np.ndarray] = {}
         for s in specs:
