@@ -172,14 +172,15 @@ class UnimodalClassifier(nn.Module):
     def embed_dataset(self, ds: MultimodalDataset, batch_size: int = 1024, progress: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Normalised features of every row and modality, ``[N, M, embed_dim]``."""
         self.eval()
+        device = next(self.parameters()).device
         out = torch.empty(len(ds), len(self.specs), self.config.embed_dim, dtype=dtype)
         with progress_bar(progress) as bar:
             task = bar.add_task("embedding training set", total=len(ds), info="") if bar else None
             for start in range(0, len(ds), batch_size):
                 idx = np.arange(start, min(start + batch_size, len(ds)))
                 batch = ds.batch(idx)
-                feats = self.embed({k: zero_nan_values(v) for k, v in batch.data.items()})
-                out[start : start + len(idx)] = torch.stack([feats[n] for n in self.modalities], 1).to(dtype)
+                feats = self.embed({k: zero_nan_values(v).to(device) for k, v in batch.data.items()})
+                out[start : start + len(idx)] = torch.stack([feats[n] for n in self.modalities], 1).to("cpu", dtype)
                 if bar:
                     bar.update(task, advance=len(idx))
         return out
