@@ -40,7 +40,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import DatasetEntry, source_folder
+from dymo.data.entry import DatasetEntry, build_record, source_folder
 from dymo.data.mst import MOPOE_ALPHABET, encode_text, read_alphabet
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
@@ -260,7 +260,7 @@ def read_celeba(config: CelebAConfig | None = None, progress: Progress | None = 
         class_names = [f"not {cfg.label}", cfg.label]
         splits[split] = MultimodalDataset(specs, arrays, labels, class_names, name=f"celeba/{split}")
         log.info("celeba %s: %d images, %.1f%% %s", split, len(labels), 100 * labels.mean(), cfg.label)
-    info = {"dataset": "celeba", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
+    info = build_record("celeba", BUILDER_VERSION, cfg)
     return SplitDataset("celeba", specs, [f"not {cfg.label}", cfg.label], splits, info)
 
 

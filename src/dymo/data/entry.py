@@ -42,6 +42,11 @@ class DatasetEntry:
     external: bool = False
 
 
+def build_record(name: str, builder_version: int, config: Config) -> dict[str, Any]:
+    """What a built dataset records about its build (``meta.json`` ``"build"``)."""
+    return {"dataset": name, "builder_version": builder_version, "config": config.to_dict()}
+
+
 def source_folder(source: str | None, dataset: str, holds: str, what: str) -> Path:
     """The folder an external dataset is read from (``source=PATH``): ConfigError when it is not
     set (saying what it must hold), DataError when it is not a folder."""

@@ -43,7 +43,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import DatasetEntry, one_step, source_folder
+from dymo.data.entry import DatasetEntry, build_record, one_step, source_folder
 from dymo.data.mfeat import CLASS_NAMES as MFEAT_CLASSES
 from dymo.data.mfeat import VIEWS, MFeatConfig, _stratified_split, mfeat_dir, read_view
 from dymo.data.mst import torch_load
@@ -302,7 +302,7 @@ def read_image_table(config: ImageTableConfig | None = None, progress: Progress 
         splits[split] = MultimodalDataset(specs, arrays, r["labels"], class_names, name=f"image-table/{split}")
         log.info("image-table %s: %d samples", split, len(r["labels"]))
     assert specs is not None
-    info = {"dataset": "image-table", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
+    info = build_record("image-table", BUILDER_VERSION, cfg)
     return SplitDataset("image-table", specs, class_names, splits, info)
 
 
@@ -359,7 +359,7 @@ def build_mfeat_image_table(config: MFeatConfig | None = None, folder: Path | No
             continue
         arrays = {"image": images[idx], "table": table[idx].astype(np.float32)}
         splits[split] = MultimodalDataset(specs, arrays, labels[idx], MFEAT_CLASSES, name=f"mfeat-image-table/{split}")
-    info = {"dataset": "mfeat-image-table", "builder_version": MFEAT_IMAGE_TABLE_VERSION, "config": cfg.to_dict()}
+    info = build_record("mfeat-image-table", MFEAT_IMAGE_TABLE_VERSION, cfg)
     return SplitDataset("mfeat-image-table", specs, list(MFEAT_CLASSES), splits, info)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import DatasetEntry, one_step
+from dymo.data.entry import DatasetEntry, build_record, one_step
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -142,7 +142,7 @@ def build_mfeat(config: MFeatConfig | None = None, folder: Path | None = None) -
         specs,
         list(CLASS_NAMES),
         splits,
-        {"dataset": "mfeat", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()},
+        build_record("mfeat", BUILDER_VERSION, cfg),
     )
 
 

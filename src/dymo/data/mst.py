@@ -44,7 +44,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import DatasetEntry, source_folder
+from dymo.data.entry import DatasetEntry, build_record, source_folder
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -370,7 +370,7 @@ def read_mst(config: MSTConfig | None = None, progress: Progress | None = None, 
         }
         splits[split] = MultimodalDataset(specs, arrays, labels, CLASS_NAMES, name=f"mst/{split}")
         log.info("mst %s: %d pairs (from %s)", split, len(labels), src)
-    info = {"dataset": "mst", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
+    info = build_record("mst", BUILDER_VERSION, cfg)
     return SplitDataset("mst", specs, list(CLASS_NAMES), splits, info)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry
+from dymo.data.entry import BuildResult, DatasetEntry, build_record
 from dymo.data.polymnist_format import CLASS_NAMES, NUM_CLASSES, read_polymnist_folder  # noqa: F401  (read_polymnist_folder: re-exported)
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
@@ -351,7 +351,7 @@ def build_polymnist(config: PolyMNISTConfig | None = None, progress: Progress | 
         crops[split] = yx
         log.info("polymnist %s: %d tuples", split, n)
     name = "polymnist" if cfg.source == "mnist" else "polymnist-small"
-    info = {"dataset": name, "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
+    info = build_record(name, BUILDER_VERSION, cfg)
     dataset = SplitDataset(name, specs, list(CLASS_NAMES), splits, info)
     return PolyMNISTBuild(dataset, source_index, crops)
 
