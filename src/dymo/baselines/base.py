@@ -18,7 +18,8 @@ implement ``_build()`` (the network for ``self.config`` / ``self.specs``, used b
 ``_fit(data, progress)`` (sets ``self.net``) and ``_predict(batch, recovered)`` (probabilities,
 on the network's device; ``batch`` is validated and already there). Register it in
 :mod:`dymo.baselines.registry`. Most baselines train through the one shared Lightning helper,
-:func:`dymo.baselines.training.fit_network` (see :class:`NetBaseline`).
+:func:`dymo.baselines.training.fit_network` (see :class:`NetBaseline`: it provides ``_fit``, in
+``phases`` if the network trains in several, and a ``_predict`` from the network's ``log_proba``).
 
 On disk::
 
