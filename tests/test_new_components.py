@@ -273,3 +273,20 @@ def test_toy_modality_kind_trains_and_predicts(signal_kind, tmp_path) -> None:
     with pytest.raises(DataError, match="tensor shape"):
         clf.predict(MultimodalBatch({"s0": raw.data["s0"][:, :4], "v1": raw.data["v1"]}, observed, batch.modalities))
     assert clf.expected_inputs()["modalities"]["s0"]["kind"] == "signal"
+
+
+def test_no_module_outside_the_kinds_tests_a_modality_kind_by_name() -> None:
+    """Per-kind rules live in the kind objects (dymo/data/kinds/), so a new kind needs no edit elsewhere."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "dymo"
+    names = '"(?:image|vector|text)"'
+    test = re.compile(rf"kind\s*(?:==|!=)\s*{names}|kind\s+(?:not\s+)?in\s+[(\[{{][^)\]}}]*{names}|\b(?:IMAGE|VECTOR|TEXT)\s+is\b|\bis\s+(?:IMAGE|VECTOR|TEXT)\b")
+    found = [
+        f"{path.relative_to(src)}:{i}: {line.strip()}"
+        for path in sorted(src.rglob("*.py"))
+        if "kinds" not in path.relative_to(src).parts
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if test.search(line)
+    ]
+    assert not found, "\n".join(found)
