@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,9 +14,6 @@ from dymo.errors import DataError
 if TYPE_CHECKING:
     from dymo.data.kinds.base import ModalityKind
 
-#: The built-in kinds (others can be registered: :func:`dymo.data.kinds.register_kind`).
-Kind = Literal["image", "vector", "text"]
-
 
 @dataclass(frozen=True)
 class ModalitySpec:
@@ -25,6 +22,9 @@ class ModalitySpec:
     - ``image``: ``shape = (C, H, W)``; stored as uint8 ``(H, W, C)`` or float, fed as float32 CHW in [0, 1].
     - ``vector``: ``shape = (F,)``; float32 features.
     - ``text``: ``shape = (L,)``; int64 token ids in ``[0, vocab_size)``, 0 = padding.
+
+    ``kind`` names a registered modality kind (:mod:`dymo.data.kinds`), whose object holds every
+    per-kind rule (``spec.kind_object``).
     """
 
     name: str
