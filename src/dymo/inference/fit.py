@@ -10,8 +10,8 @@ with documented defaults, each with a progress bar:
 3. DyMo's calibration statistics on the training split;
 4. with ``tune=True`` (the default), DyMo's acceptance rule tuned on ``dataset["val"]`` under
    simulated missingness (:func:`dymo.selection.tuning.tune_threshold`), stored with the
-   calibration. A validation split that misses modalities itself is not used for tuning: the
-   paper's rule (reward > 0) is kept, with a log line saying so.
+   calibration. A validation split that misses modalities itself works too: the simulated
+   masks hide only modalities a sample has.
 
 The training split may miss modalities (see docs/data.md, "Incomplete training data").
 """
@@ -103,7 +103,7 @@ def fit_classifier(
     recoverer = get_recoverer(recovery, **(recovery_options or {})).fit(data["train"], progress=progress)
     log.info("fit: 3/4 calibration")
     calibration = compute_calibration(model, data["train"], progress=progress)
-    if tune and bool(data["val"].observed.all()):
+    if tune:
         from dymo.selection.tuning import tune_threshold
 
         log.info("fit: 4/4 acceptance rule, tuned on the validation split")
@@ -112,6 +112,4 @@ def fit_classifier(
         except DataError as e:
             # e.g. a table imputer cannot recover the image modalities the simulated masks hide
             log.warning("fit: the acceptance rule could not be tuned (%s); keeping the paper's rule (reward > 0)", e)
-    elif tune:
-        log.info("fit: 4/4 the validation split misses modalities; keeping the paper's acceptance rule (reward > 0)")
     return cls(model, calibration, recoverer, data.class_names, selection_cfg)
