@@ -24,7 +24,7 @@ from dymo.data import registry as data_registry
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.data.kinds import base as kinds_base
-from dymo.data.kinds import get_kind, register_kind
+from dymo.data.kinds import register_kind
 from dymo.data.kinds.base import ModalityKind
 from dymo.data.specs import ModalitySpec
 from dymo.data.synthetic import make_synthetic_splits
@@ -241,11 +241,11 @@ class SignalJudge(nn.Module):
 
 @pytest.fixture
 def signal_kind(monkeypatch):
-    """The guide's registrations (a decorator each), undone after the test."""
-    get_kind("image")  # the shipped kinds are discovered before the registry is copied
-    monkeypatch.setattr(kinds_base, "_KINDS", dict(kinds_base._KINDS))
-    monkeypatch.setattr(encoders_module, "_REGISTRY", dict(encoders_module._REGISTRY))
-    monkeypatch.setattr(networks_module, "_NETWORKS", dict(networks_module._NETWORKS))
+    """The guide's registrations (a decorator each), undone after the test: each registry entry
+    is first claimed with monkeypatch, so that teardown removes it again."""
+    monkeypatch.setitem(kinds_base._KINDS, "signal", None)
+    monkeypatch.setitem(encoders_module._REGISTRY, "signal", None)
+    monkeypatch.setitem(networks_module._NETWORKS, ("signal", "judge"), None)
     register_kind(SignalKind)
     register_encoder("signal")(lambda spec, dim, options: SignalEncoder(dim))
     register_network("signal", "judge")(lambda spec, config, dim: SignalJudge(spec.shape[0], dim))
