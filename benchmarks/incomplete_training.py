@@ -15,6 +15,10 @@ complete-data reference (both variants are the same model). Each cell is cached 
     python benchmarks/incomplete_training.py --data mfeat --missing 0,0.3,0.6 --seeds 0,1,2 \
         --epochs 20 --out results/incomplete-mfeat
     python benchmarks/incomplete_training.py --out results/incomplete-mfeat --report
+
+``--max-train-samples`` / ``--max-val-samples`` / ``--max-test-samples`` take seeded subsets
+first (PolyMNIST at a CPU budget). DyMo's acceptance rule is tuned on the (masked) validation
+split, as ``DyMoClassifier.fit`` does by default.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ def run_cell(args: argparse.Namespace, p: float, seed: int, mode: str) -> dict:
     from dymo.training.run import TrainConfig
 
     data = open_dataset(args.data)
+    if args.max_train_samples or args.max_val_samples or args.max_test_samples:
+        from dymo.evaluation.benchmark_plan import BenchmarkConfig, scale_dataset
+
+        data = scale_dataset(data, BenchmarkConfig(
+            max_train_samples=args.max_train_samples, max_val_samples=args.max_val_samples, max_test_samples=args.max_test_samples,
+        ))
     splits = dict(data.splits)
     for name in ("train", "val"):
         ds = splits[name]
@@ -117,6 +127,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--recovery", default="retrieval")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-train-samples", type=int, default=None, help="seeded random subset of each split (as dymo benchmark)")
+    ap.add_argument("--max-val-samples", type=int, default=None)
+    ap.add_argument("--max-test-samples", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("results/incomplete-mfeat"))
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()

@@ -26,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", required=True, help="a saved baseline folder (late-fusion, unimodal, qmf ...)")
     p.add_argument("--n", type=int, default=2000, help="first N test tuples")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     test = open_dataset(args.data)["test"]
     idx = np.arange(min(args.n, len(test)))
     batch = test.batch(idx)
-    discard = DiscardBaseline.from_backbone(load_backbone(args.backbone))
-    other = load_baseline(args.baseline)
+    discard = DiscardBaseline.from_backbone(load_backbone(args.backbone)).to(args.device)
+    other = load_baseline(args.baseline).to(args.device)
     print(f"| modality | backbone alone | {other.name} |\n|---|---|---|")
     for j, name in enumerate(test.modalities):
         obs = torch.zeros(len(idx), len(test.modalities), dtype=torch.bool)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dymo.errors import BundleError, ConfigError
+from dymo.errors import BundleError, ConfigError, DataError
 from dymo.selection import Calibration, SelectionConfig, select
 from dymo.selection.acceptance import (
     ThresholdTuning,
@@ -240,6 +240,73 @@ def test_tuning_refuses_bad_inputs():
         tune_threshold(net, table.cal, _Identity(), val, method="fuse-all")
     with pytest.raises(ConfigError, match="grid"):
         tune_threshold(net, table.cal, _Identity(), val, grid=[])
+
+
+def test_within_observed_hides_only_what_a_sample_has():
+    from dymo.selection.tuning import within_observed
+
+    g = torch.Generator().manual_seed(0)
+    have = torch.rand(400, 5, generator=g) < 0.6
+    have[~have.any(1), 0] = True
+    sim = torch.rand(400, 5, generator=g) < 0.3
+    sim[~sim.any(1), 1] = True  # a scenario mask never leaves a sample empty
+    obs = within_observed(sim, have, seed=3)
+    assert not (obs & ~have).any()  # never a modality the sample lacks
+    assert obs.any(1).all()  # never an empty sample
+    assert torch.equal(obs[(sim & have).any(1)], (sim & have)[(sim & have).any(1)])  # else the plain intersection
+    assert torch.equal(within_observed(sim, torch.ones_like(have), 3), sim)  # complete data: the simulated mask
+    assert torch.equal(obs, within_observed(sim, have, seed=3))  # seeded
+
+
+class _Incomplete(_Data):
+    """A validation set whose samples miss modalities (NaN in the missing slots)."""
+
+    def __init__(self, labels, have):
+        super().__init__(labels)
+        self.observed = have.numpy()
+        self.seen: list[torch.Tensor] = []
+
+    def batch(self, idx):
+        b = super().batch(idx)
+        have = torch.from_numpy(self.observed[np.asarray(idx)])
+        data = {m: torch.where(have[:, j : j + 1], v, torch.full_like(v, float("nan"))) for j, (m, v) in enumerate(b.data.items())}
+        return type(b)(data, have, b.modalities, b.labels)
+
+
+class _Recorder:
+    """A recoverer that fills missing slots with the sample index and records the masks it got."""
+
+    reads_missing = False
+    name = "recorder"
+
+    def __init__(self):
+        self.masks = []
+
+    def recover(self, batch):
+        self.masks.append(batch.observed.clone())
+        idx = next(iter(batch.data.values()))
+        fill = torch.nan_to_num(idx, nan=0.0).amax(1, keepdim=True).expand_as(idx)
+        data = {m: torch.where(batch.observed[:, j : j + 1], v, fill) for j, (m, v) in enumerate(batch.data.items())}
+        return type(batch)(data, batch.observed, batch.modalities, batch.labels)
+
+
+def test_tuning_on_an_incomplete_validation_set_hides_only_observed_modalities():
+    """Training data with missing modalities: the tuner runs, every mask it simulates is within
+    what each sample observes, and an experiment-only recoverer that reads the truth is refused."""
+    table = Table()
+    labels = table.logits[:, -1].argmax(1)
+    g = torch.Generator().manual_seed(1)
+    have = torch.rand(B, M, generator=g) < 0.7
+    have[~have.any(1), 0] = True
+    val = _Incomplete(labels, have)
+    rec = _Recorder()
+    tuned = tune_threshold(_TableBackbone(table), table.cal, rec, val, scenarios=["random:0.5"], seeds=[0], batch_size=16)
+    assert len(tuned.thresholds) == M and sum(tuned.counts) > 0
+    masks = torch.cat(rec.masks)
+    assert masks.shape == (B, M)
+    assert not (masks & ~have).any() and masks.any(1).all()
+    with pytest.raises(DataError, match="reads the true missing data"):
+        tune_threshold(_TableBackbone(table), table.cal, _Identity(), val, scenarios=["random:0.5"], seeds=[0])
 
 
 def test_cli_calibrate_tunes_on_validation_only_and_the_bundle_keeps_it(tmp_path, monkeypatch):

@@ -263,3 +263,34 @@ def test_cli_resumes_the_same_folder(first_run, data, tmp_path):
     assert "dymo benchmark" in (out / "report.html").read_text()
     bad = CliRunner().invoke(app, [*args[:-1], "--config", str(tmp_path / "models.json"), "--missing", "random:1.5"])
     assert bad.exit_code == 2 and "random:ETA needs ETA in [0, 1)" in bad.output
+
+
+def test_device_option_is_checked_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """`--device` names a device this machine has; a bad one is one `error:` line, exit 2, and
+    no benchmark folder."""
+    from dymo.cli.main import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, words in (("cuda", "no CUDA device"), ("tpu", "--device 'tpu'"), ("cuda:x", "--device 'cuda:x'")):
+        out = tmp_path / f"b-{device.replace(':', '-')}"
+        with pytest.raises(SystemExit) as exit_info:
+            main(["benchmark", "--data", "mfeat", "--out", str(out), "--device", device])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
+        assert not out.exists()
+    with pytest.raises(ConfigError, match="benchmark: device 'cuda'"):
+        BenchmarkConfig(device="cuda")
+
+
+def test_baselines_train_on_the_run_device(monkeypatch):
+    """On a CUDA run every baseline's training engine gets the GPU accelerator (the config
+    file's settings still win), without changing the run's recorded scale."""
+    from dymo.evaluation.benchmark_plan import baseline_overrides
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = BenchmarkConfig(device="cuda", baselines={"qmf": {"train": {"batch_size": 64}}})
+    assert baseline_overrides("qmf", cfg) == {"train": {"epochs": 3, "accelerator": "gpu", "batch_size": 64}}
+    assert baseline_overrides("qmf", BenchmarkConfig()) == {"train": {"epochs": 3}}
+    assert "device" not in json.dumps(cfg.baselines)

@@ -170,3 +170,21 @@ def test_size_matched_subsets_stay_within_observed_and_keep_the_size() -> None:
         assert (mask | ~(used & observed)).all()  # what the sample has of `used` is always kept
         assert mask.sum(1).tolist() == [3, 2, 1, 3]  # min(|used|, |observed|)
     assert torch.equal(size_matched_subsets(used, torch.ones(2, 4, dtype=torch.bool)), used.expand(2, -1))
+
+
+def test_fit_on_incomplete_train_and_val_tunes_the_acceptance_rule() -> None:
+    """Training data with missing modalities in train AND val: `DyMoClassifier.fit` still tunes
+    the acceptance rule on validation (masks within what each sample observes)."""
+    from dymo import DyMoClassifier
+    from dymo.data.synthetic import make_synthetic_splits
+
+    data = make_synthetic_splits(120, 60, 40, kinds=("vector", "vector", "vector"), vector_dim=4, num_classes=3, seed=2)
+    splits = dict(data.splits)
+    for name, seed in (("train", 1), ("val", 2)):
+        ds = splits[name]
+        splits[name] = poisoned(ds, random_observed(len(ds), 3, 0.3, seed=seed), float("nan"))
+    data = SplitDataset(data.name, data.specs, data.class_names, splits)
+    assert not data["val"].observed.all()
+    clf = DyMoClassifier.fit(data, "mean", backbone={"dim": 16, "heads": 2, "depth": 1, "proj_dim": 8}, epochs=1, progress=False)
+    assert clf.calibration.threshold is not None
+    assert clf.calibration.threshold.n_val == 60

@@ -124,3 +124,13 @@ class Config:
 
     def replace(self: T, **changes: Any) -> T:
         return type(self).from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def coerce(cls: type[T], config: Config | None, overrides: dict[str, Any], owner: str) -> T:
+        """The config a component of class ``owner`` is built with: ``config`` (which must be a
+        ``cls``) with ``overrides`` applied, or ``cls`` built from ``overrides`` alone."""
+        if config is None:
+            return cls.from_dict(overrides)
+        if not isinstance(config, cls):
+            raise ConfigError(f"{owner} needs a {cls.__name__}, got {type(config).__name__}")
+        return config.replace(**overrides) if overrides else config

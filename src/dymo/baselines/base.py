@@ -18,7 +18,8 @@ implement ``_build()`` (the network for ``self.config`` / ``self.specs``, used b
 ``_fit(data, progress)`` (sets ``self.net``) and ``_predict(batch, recovered)`` (probabilities,
 on the network's device; ``batch`` is validated and already there). Register it in
 :mod:`dymo.baselines.registry`. Most baselines train through the one shared Lightning helper,
-:func:`dymo.baselines.training.fit_network` (see :class:`NetBaseline`).
+:func:`dymo.baselines.training.fit_network` (see :class:`NetBaseline`: it provides ``_fit``, in
+``phases`` if the network trains in several, and a ``_predict`` from the network's ``log_proba``).
 
 On disk::
 
@@ -46,19 +47,20 @@ from torch import nn
 import dymo
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
+from dymo.data.component import Component
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import ModalitySpec
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer
 from dymo.selection.selector import DEPRECATED_NAMES
 from dymo.utils.artifact import (
-    component_manifest,
     dataset_fingerprint,
     load_weights,
     read_manifest,
     sha256_json,
+    write_manifest,
 )
-from dymo.utils.io import save_tensors, write_json
+from dymo.utils.io import save_tensors
 
 log = logging.getLogger("dymo.baselines")
 
@@ -70,7 +72,7 @@ RECOVERER_DIR = "recoverer"
 B = TypeVar("B", bound="Baseline")
 
 
-class Baseline(ABC):
+class Baseline(Component, ABC):
     """A comparison method behind DyMo's interface. See the module docstring."""
 
     #: Registry name (also written to ``config.json``).
@@ -87,22 +89,9 @@ class Baseline(ABC):
     uses_labels: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
-        if config is None:
-            config = self.config_class.from_dict(overrides)
-        else:
-            if not isinstance(config, self.config_class):
-                raise ConfigError(
-                    f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
-                )
-            if overrides:
-                config = config.replace(**overrides)
-        self.config: Any = config
-        self.specs: list[ModalitySpec] = []
-        self.class_names: list[str] = []
+        super().__init__(config, **overrides)  # made_from: the fingerprint of the train + val data
         self.net: nn.Module | None = None
         self.recoverer: Recoverer | None = None
-        #: what it was trained on (fingerprint of the train + val data), recorded in its config.json
-        self.made_from: dict[str, Any] = {}
         self.device = torch.device("cpu")
 
     # -- properties ------------------------------------------------------------------------
@@ -114,22 +103,6 @@ class Baseline(ABC):
     @property
     def fitted(self) -> bool:
         return self.net is not None
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.specs)
-
-    @property
-    def num_modalities(self) -> int:
-        return len(self.specs)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __repr__(self) -> str:
-        state = "fitted" if self.fitted else "not fitted"
-        return f"{type(self).__name__}({self.config}, {state}, modalities={list(self.modalities)})"
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self: B, data: SplitDataset, recoverer: Recoverer | None = None, progress: bool = True) -> B:
@@ -295,13 +268,7 @@ class Baseline(ABC):
         if self.recoverer is not None:
             self.recoverer.save(path / RECOVERER_DIR)
             rec_dir = RECOVERER_DIR
-        write_json(
-            path / CONFIG_FILE,
-            component_manifest(
-                "baseline", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
-                class_names=list(self.class_names), made_from=self.made_from, recoverer=rec_dir,
-            ),
-        )
+        write_manifest(path, "baseline", self.name, self, recoverer=rec_dir)
         return path
 
     @classmethod
@@ -324,14 +291,7 @@ class Baseline(ABC):
         meta = read_baseline_meta(path)
         if DEPRECATED_NAMES.get(meta["kind"], meta["kind"]) != cls.name:  # a folder saved under an old name
             raise BundleError(f"{path / CONFIG_FILE}: holds a {meta['kind']!r} baseline, not {cls.name!r}")
-        try:
-            config = cls.config_class.from_dict(meta["config"])
-        except ConfigError as e:
-            raise BundleError(f"{path / CONFIG_FILE}: bad config ({e})") from None
-        obj = cls(config=config)
-        obj.specs = specs_from_list(meta["specs"])
-        obj.class_names = list(meta["class_names"])
-        obj.made_from = dict(meta.get("made_from") or {})
+        obj = cls._from_manifest(meta, path / CONFIG_FILE)
         net = obj._build()
         wpath = path / WEIGHTS_FILE
         state = load_weights(wpath)
@@ -369,14 +329,33 @@ class NetBaseline(Baseline):
     """A baseline whose network (a :class:`~dymo.baselines.training.BaselineNet`) is trained
     by the shared Lightning helper; its config has a ``train: FitConfig`` field."""
 
+    #: Training phases, in order: ``net.phase`` is set (and :meth:`_enter_phase` called) before
+    #: each is fitted; trainable again at the end. Empty: one fit.
+    phases: ClassVar[tuple[str, ...]] = ()
+
     def _fit(self, data: SplitDataset, progress: bool) -> None:
         from dymo.baselines.training import fit_network, seed_everything
 
         seed_everything(self.config.train.seed)
         net = self._build()
-        fit_network(net, data, self.config.train, progress=progress, name=self.name)
+        if not self.phases:
+            fit_network(net, data, self.config.train, progress=progress, name=self.name)
+        for phase in self.phases:
+            net.phase = phase
+            self._enter_phase(net, phase)
+            fit_network(net, data, self.config.train, progress=progress, name=f"{self.name} {phase}")
+        if self.phases:
+            net.requires_grad_(True)
         self._after_fit(net, data)
         self.net = net
+
+    def _enter_phase(self, net: nn.Module, phase: str) -> None:
+        """Hook: before fitting ``phase`` (e.g. freezing what the phase must not train)."""
+
+    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
+        """Class probabilities from the network's ``log_proba(data, observed)`` (the default)."""
+        assert self.net is not None
+        return self.net.log_proba(batch.data, batch.observed).exp()
 
     def _after_fit(self, net: nn.Module, data: SplitDataset) -> None:
         """Hook: post-training steps on the best weights (e.g. ranking modalities on val)."""

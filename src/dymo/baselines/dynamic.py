@@ -12,10 +12,9 @@ from torch import nn
 from dymo.baselines.base import NetBaseline
 from dymo.baselines.nets import DynMMNet, EncoderConfig, PerModalityNet
 from dymo.baselines.recovery_free import LateFusionBaseline
-from dymo.baselines.training import FitConfig, fit_network, seed_everything
+from dymo.baselines.training import FitConfig
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
-from dymo.data.dataset import SplitDataset
 from dymo.errors import ConfigError
 from dymo.models.backbone import BackboneConfig
 
@@ -98,6 +97,7 @@ class DynMMBaseline(NetBaseline):
     name = "dynmm"
     paper = "Xue & Marculescu, Dynamic Multimodal Fusion, CVPR-W 2023"
     config_class = DynMMConfig
+    phases = ("experts", "gate")
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -107,18 +107,10 @@ class DynMMBaseline(NetBaseline):
         c = self.config
         return DynMMNet(self.specs, self.num_classes, c.backbone, c.gate_hidden, c.tau, c.cost_weight, c.drop_prob, c.complete_prob)
 
-    def _fit(self, data: SplitDataset, progress: bool) -> None:
-        cfg = self.config.train
-        seed_everything(cfg.seed)
-        net = self._build()
-        assert isinstance(net, DynMMNet)
-        net.phase = "experts"
-        fit_network(net, data, cfg, progress=progress, name="dynmm experts")
-        net.backbone.requires_grad_(False)
-        net.phase = "gate"
-        fit_network(net, data, cfg, progress=progress, name="dynmm gate")
-        net.backbone.requires_grad_(True)
-        self.net = net
+    def _enter_phase(self, net: nn.Module, phase: str) -> None:
+        if phase == "gate":
+            assert isinstance(net, DynMMNet)
+            net.backbone.requires_grad_(False)
 
     def _inputs(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         if self.uses_recovery:

@@ -241,7 +241,3 @@ class M3CareBaseline(NetBaseline):
         with torch.no_grad():
             feats = [net.features(train.batch(idx[s : s + step].tolist()).to(device).data, None) for s in range(0, n, step)]
         net.rebuild_bank(torch.cat(feats))
-
-    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
-        assert self.net is not None
-        return self.net.log_proba(batch.data, batch.observed).exp()

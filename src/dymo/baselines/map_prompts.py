@@ -25,12 +25,9 @@ from dymo.baselines.training import (
     FitConfig,
     accuracy,
     dropout_masks,
-    fit_network,
-    seed_everything,
 )
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
-from dymo.data.dataset import SplitDataset
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
@@ -134,27 +131,15 @@ class MAPBaseline(NetBaseline):
     name = "map"
     paper = "Lee et al., Multimodal Prompting with Missing Modalities for Visual Recognition (MAP), CVPR 2023"
     config_class = MAPConfig
+    phases = ("pretrain", "prompts")
 
     def _build(self) -> nn.Module:
         c = self.config
         return MAPNet(self.specs, self.num_classes, c.backbone, c.prompt_length, c.drop_prob)
 
-    def _fit(self, data: SplitDataset, progress: bool) -> None:
-        cfg = self.config.train
-        seed_everything(cfg.seed)
-        net = self._build()
-        assert isinstance(net, MAPNet)
-        net.phase = "pretrain"
-        fit_network(net, data, cfg, progress=progress, name="map pretrain")
-        net.phase = "prompts"
-        if self.config.freeze_backbone:
+    def _enter_phase(self, net: nn.Module, phase: str) -> None:
+        if phase == "prompts" and self.config.freeze_backbone:
+            assert isinstance(net, MAPNet)
             net.backbone.requires_grad_(False)
             net.backbone.norm.requires_grad_(True)
             net.backbone.classifier.requires_grad_(True)
-        fit_network(net, data, cfg, progress=progress, name="map prompts")
-        net.requires_grad_(True)
-        self.net = net
-
-    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
-        assert self.net is not None
-        return self.net.log_proba(batch.data, batch.observed).exp()

@@ -148,7 +148,3 @@ class MUSEBaseline(NetBaseline):
 
     def _build(self) -> nn.Module:
         return MUSENet(self.specs, self.num_classes, self.config)
-
-    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
-        assert self.net is not None
-        return self.net.log_proba(batch.data, batch.observed).exp()

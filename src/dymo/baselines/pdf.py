@@ -137,10 +137,6 @@ class PDFBaseline(NetBaseline):
         c = self.config
         return PDFNet(self.specs, self.num_classes, c.encoder, c.confidence_hidden, c.calibrate)
 
-    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
-        assert self.net is not None
-        return self.net.log_proba(batch.data, batch.observed).exp()
-
     @torch.no_grad()
     def fusion_weights(self, batch: MultimodalBatch) -> torch.Tensor:
         """The Co-Belief fusion weights ``[B, M]`` (CPU; 0 for missing modalities)."""

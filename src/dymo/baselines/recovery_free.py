@@ -17,7 +17,6 @@ from dymo.baselines.base import NetBaseline
 from dymo.baselines.nets import EncoderConfig, PerModalityNet, SubsetBackboneNet
 from dymo.baselines.training import FitConfig, subset_accuracy
 from dymo.config import Config
-from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import SplitDataset
 from dymo.errors import ConfigError
 from dymo.models.backbone import BackboneConfig
@@ -46,13 +45,7 @@ class PerModalityConfig(Config):
     train: FitConfig = field(default_factory=FitConfig)
 
 
-class _BackboneNetBaseline(NetBaseline):
-    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
-        assert self.net is not None
-        return self.net.log_proba(batch.data, batch.observed).exp()
-
-
-class ModDropBaseline(_BackboneNetBaseline):
+class ModDropBaseline(NetBaseline):
     """``moddrop``: the flexible-backbone architecture trained with ModDrop, i.e. per-sample
     random modality dropout (each modality of each training sample dropped independently with
     ``drop_prob``; a sample left empty gets one modality back), plain cross-entropy. Missing
@@ -70,7 +63,7 @@ class ModDropBaseline(_BackboneNetBaseline):
         return SubsetBackboneNet(self.specs, self.num_classes, self.config.backbone, "dropout", self.config.drop_prob)
 
 
-class MultiTaskBaseline(_BackboneNetBaseline):
+class MultiTaskBaseline(NetBaseline):
     """``mtl``: a multimodal transformer (the flexible backbone: hidden modalities masked out of
     attention) trained multi-task: every batch is classified with all modalities and with each
     single modality, loss = mean of the task losses. At test it fuses the observed modalities.
@@ -102,10 +95,6 @@ class LateFusionBaseline(NetBaseline):
 
     def _build(self) -> nn.Module:
         return PerModalityNet(self.specs, self.num_classes, self.config.encoder, self.fusion)  # type: ignore[arg-type]
-
-    def _predict(self, batch: MultimodalBatch, recovered: MultimodalBatch | None) -> torch.Tensor:
-        assert self.net is not None
-        return self.net.log_proba(batch.data, batch.observed).exp()
 
 
 class UnimodalBaseline(LateFusionBaseline):

@@ -76,6 +76,7 @@ def benchmark_cmd(
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
     config: Path | None = typer.Option(None, help=f"JSON with model settings: {', '.join(CONFIG_KEYS)}."),
     threads: int | None = typer.Option(None, help="CPU threads for torch and BLAS (pass it on a shared machine)."),
+    device: str = typer.Option("cpu", help="Where models train and run: cpu, cuda, cuda:N (retrieval search stays on the CPU)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Benchmark methods over missing scenarios and seeds; writes results.csv/.md, plots, ablation,
@@ -93,6 +94,9 @@ def benchmark_cmd(
                           (max_train_samples, "--max-train-samples"), (max_val_samples, "--max-val-samples"),
                           (max_test_samples, "--max-test-samples")):
         check_positive(value, option)
+    from dymo.utils.scale import torch_device
+
+    torch_device(device)  # before anything is written
     check_output(out, "benchmark", replace=True)  # rerunning resumes; never a foreign folder
     if threads:
         import scipy.linalg  # noqa: F401 - load scipy's own BLAS first: only loaded libraries are capped
@@ -133,6 +137,7 @@ def benchmark_cmd(
             "quality_sweep": quality_sweep,
             "batch_size": batch_size,
             "command": command,
+            "device": device,
             **extra,
         }
     )

@@ -181,13 +181,8 @@ def save_grid(ds: Any, batch: Any, observed: np.ndarray, out: Path) -> None:
             if not observed[r, c]:
                 ax.set_facecolor("0.8")
                 ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=7, transform=ax.transAxes)
-            elif spec.kind == "image":
-                img = x.permute(1, 2, 0).numpy()
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
-            elif spec.kind == "vector":
-                ax.plot(x.numpy(), lw=0.6)
             else:
-                ax.text(0.5, 0.5, " ".join(str(int(t)) for t in x[:8]), ha="center", va="center", fontsize=5, transform=ax.transAxes)
+                spec.kind_object.draw(ax, x)
             if r == 0:
                 ax.set_title(spec.name, fontsize=8)
             if c == 0:

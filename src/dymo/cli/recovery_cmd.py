@@ -62,12 +62,9 @@ def train_recovery_cmd(
         raise ConfigError(f"--model {model!r}: choose one of {', '.join(trainable_recoverers())}")
     for value, option in ((epochs, "--epochs"), (threads, "--threads"), (max_train_samples, "--max-train-samples")):
         check_positive(value, option)
-    try:
-        dev = __import__("torch").device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {device!r}: {e}") from None
-    if dev.type == "cuda" and not __import__("torch").cuda.is_available():
-        raise ConfigError(f"--device {device!r}: no CUDA device is available on this machine")
+    from dymo.utils.scale import torch_device
+
+    torch_device(device)  # a clear error before anything is written
     # A folder with only an interrupted fit's checkpoint is resumed; a finished one needs --force.
     check_output(out, "recoverer", force=force, replace=not (out / "config.json").exists())
     _limit_threads(threads)

@@ -132,15 +132,16 @@ class MultimodalBatch:
                 raise DataError(
                     f"modality {spec.name!r}: tensor shape {tuple(x.shape)}, expected {(b, *spec.shape)}"
                 )
-            if spec.kind == "text":
+            kind = spec.kind_object
+            if not kind.dtype.is_floating_point:
                 if x.is_floating_point():
-                    raise DataError(f"text modality {spec.name!r} needs integer token ids, got {x.dtype}")
+                    raise DataError(f"{spec.kind} modality {spec.name!r} needs integer token ids, got {x.dtype}")
             elif not x.is_floating_point():
                 raise DataError(f"modality {spec.name!r} needs a floating dtype, got {x.dtype}")
             obs = self.observed[:, i]
             if obs.any() and x.is_floating_point():
                 vals = x[obs].reshape(int(obs.sum()), -1)
-                ok = ~torch.isinf(vals) if (nan_values and spec.kind == "vector") else torch.isfinite(vals)
+                ok = ~torch.isinf(vals) if (nan_values and kind.tabular) else torch.isfinite(vals)
                 bad = ~ok.all(dim=1)
                 if bad.any():
                     sample = int(torch.nonzero(obs).flatten()[torch.nonzero(bad).flatten()[0]])

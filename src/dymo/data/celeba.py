@@ -40,7 +40,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry
+from dymo.data.entry import DatasetEntry, build_record, source_folder
 from dymo.data.mst import MOPOE_ALPHABET, encode_text, read_alphabet
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
@@ -178,14 +178,7 @@ def _find_partition_file(root: Path, cfg: CelebAConfig) -> Path:
 def read_celeba(config: CelebAConfig | None = None, progress: Progress | None = None, **options: Any) -> SplitDataset:
     """Read CelebA image + text from ``config.source`` (see the module docstring)."""
     cfg = config or CelebAConfig(**options)
-    if not cfg.source:
-        raise ConfigError(
-            "celeba: set source=PATH, the folder holding img_align_celeba/ and list_attr_celeba.csv "
-            "(Python: build_dataset('celeba', source=PATH))"
-        )
-    root = Path(cfg.source).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: CelebA folder not found")
+    root = source_folder(cfg.source, "celeba", "img_align_celeba/ and list_attr_celeba.csv", "CelebA")
     alphabet = read_alphabet(cfg.alphabet_file) if cfg.alphabet_file else MOPOE_ALPHABET
     attr_path = root / "list_attr_celeba.csv"
     if not attr_path.is_file() and (root / "list_attr_celeba.txt").is_file():
@@ -267,15 +260,11 @@ def read_celeba(config: CelebAConfig | None = None, progress: Progress | None = 
         class_names = [f"not {cfg.label}", cfg.label]
         splits[split] = MultimodalDataset(specs, arrays, labels, class_names, name=f"celeba/{split}")
         log.info("celeba %s: %d images, %.1f%% %s", split, len(labels), 100 * labels.mean(), cfg.label)
-    info = {"dataset": "celeba", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
+    info = build_record("celeba", BUILDER_VERSION, cfg)
     return SplitDataset("celeba", specs, [f"not {cfg.label}", cfg.label], splits, info)
 
 
 # -- registry entries ------------------------------------------------------------------------
-
-
-def _build_entry(cfg: CelebAConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_celeba(cfg, progress), {})
 
 
 DATASETS = (
@@ -285,7 +274,7 @@ DATASETS = (
         CelebAConfig,
         {},
         BUILDER_VERSION,
-        _build_entry,
+        read_celeba,
         external=True,
     ),
 )

@@ -23,14 +23,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dymo.data.batch import MultimodalBatch
-from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import HasSpecs, ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import DataError
-from dymo.utils.io import read_json, save_npy, write_json
+from dymo.utils.io import read_json_object, save_npy, write_json
 
 FORMAT_VERSION = 1
 
 
-class MultimodalDataset(Dataset):
+class MultimodalDataset(HasSpecs, Dataset):
     """Arrays keyed by modality name + labels (+ an optional observed mask, default all True).
 
     ``dataset[[i, j, k]]`` (or ``__getitems__``) returns a :class:`MultimodalBatch` built by
@@ -82,14 +82,6 @@ class MultimodalDataset(Dataset):
     # -- basic protocol -------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.labels)
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.specs)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> MultimodalBatch:
         idx = np.asarray(indices, dtype=np.int64)
@@ -151,7 +143,7 @@ def _identity(batch: MultimodalBatch) -> MultimodalBatch:
 
 
 @dataclass
-class SplitDataset:
+class SplitDataset(HasSpecs):
     """A built dataset: its splits (``train``/``val``/``test``) sharing specs and class names."""
 
     name: str
@@ -166,14 +158,6 @@ class SplitDataset:
         if split not in self.splits:
             raise DataError(f"dataset {self.name!r} has no split {split!r}; it has {sorted(self.splits)}")
         return self.splits[split]
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.specs)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def save(self, root: str | os.PathLike) -> Path:
         root = Path(root)
@@ -208,14 +192,10 @@ class SplitDataset:
     def load(cls, root: str | os.PathLike, mmap: bool = True) -> SplitDataset:
         root = Path(root)
         meta_path = root / "meta.json"
-        if not meta_path.exists():
-            raise DataError(f"{root}: no meta.json; this folder is not a built dymo dataset (or its build did not finish)")
-        try:
-            meta = read_json(meta_path)
-        except ValueError as e:
-            raise DataError(f"{meta_path}: corrupt JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise DataError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; not a dymo dataset description")
+        meta = read_json_object(
+            meta_path, DataError, f"{root}: no meta.json; this folder is not a built dymo dataset (or its build did not finish)",
+            "a dymo dataset description",
+        )
         if meta.get("format") != FORMAT_VERSION:
             raise DataError(f"{meta_path}: dataset format {meta.get('format')!r}, this dymo reads {FORMAT_VERSION}")
         for key, typ in (("name", str), ("specs", list), ("class_names", list), ("splits", dict)):

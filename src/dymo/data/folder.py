@@ -47,7 +47,7 @@ import numpy as np
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
 from dymo.data.entry import BuildResult, DatasetEntry, Progress
-from dymo.data.kinds import IMAGE, VECTOR
+from dymo.data.kinds import IMAGE, VECTOR, kind_of
 from dymo.data.mst import encode_text
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
@@ -275,41 +275,8 @@ def read_folder(config: FolderConfig | None = None, progress: Progress | None = 
     arrays: dict[str, np.ndarray] = {}
     specs: list[ModalitySpec] = []
     for j, mod in enumerate(mods):
-        if mod.kind == "image":
-            c, h, w = _image_shape(mod, cfg)
-            arr = np.zeros((n, h, w, c), dtype=np.uint8)
-            assert mod.files is not None
-            spec = ModalitySpec(mod.name, "image", (c, h, w))
-            for i, sid in enumerate(ids):
-                path = mod.files.get(sid)
-                if path is not None:
-                    x = IMAGE.read_file(path, spec)  # float32 (C, H, W) in [0, 1], as dymo predict reads it
-                    arr[i] = np.rint(np.moveaxis(x, 0, -1) * 255.0).astype(np.uint8)
-                    observed[i, j] = True
-            specs.append(spec)
-        elif mod.kind == "vector":
-            assert mod.header is not None and mod.rows is not None
-            width = len(mod.header) - 1
-            raw_spec = ModalitySpec(mod.name, "vector", (width,), extra={"columns": mod.header[1:]})
-            table = np.full((n, width), np.nan)
-            for i, sid in enumerate(ids):
-                cells = mod.rows.get(sid)
-                if cells is not None:
-                    try:
-                        row = VECTOR.parse_cells(cells, raw_spec)
-                    except DataError as e:
-                        raise DataError(f"{root / (mod.name + '.csv')}, sample {sid!r}: {e}") from None
-                    if row is not None:
-                        table[i] = row
-            observed[:, j] = ~np.isnan(table).all(axis=1)
-            arr, extra = _standardize(mod.name, table, observed[:, j] & train_rows, observed[:, j], cfg)
-            specs.append(ModalitySpec(mod.name, "vector", (width,), extra={"columns": mod.header[1:], **extra}))
-        else:
-            assert mod.rows is not None
-            texts = [(mod.rows.get(sid) or [""])[0] for sid in ids]
-            observed[:, j] = np.array([bool(t) for t in texts])
-            arr, spec = _encode_text(mod.name, texts, observed[:, j] & train_rows, cfg)
-            specs.append(spec)
+        arr, spec = _COLUMN_READERS[mod.kind](mod, ids, observed[:, j], train_rows, root, cfg)
+        specs.append(spec)
         arr[~observed[:, j]] = 0
         arrays[mod.name] = arr
         if progress is not None:
@@ -339,6 +306,59 @@ def read_folder(config: FolderConfig | None = None, progress: Progress | None = 
         log.info("folder dataset: %s: %d samples; missing per modality: %s", split, len(ds),
                  ", ".join(f"{s.name} {v:.0%}" for s, v in zip(specs, missing, strict=True)))
     return BuildResult(SplitDataset(name, specs, class_names, built), extras)
+
+
+# -- one modality's column, per kind (the layout says the kind: a folder of images, an id,text
+# CSV, or a table) --------------------------------------------------------------------------
+
+
+def _image_column(
+    mod: _Modality, ids: list[str], observed: np.ndarray, train_rows: np.ndarray, root: Path, cfg: FolderConfig
+) -> tuple[np.ndarray, ModalitySpec]:
+    c, h, w = _image_shape(mod, cfg)
+    arr = np.zeros((len(ids), h, w, c), dtype=np.uint8)
+    assert mod.files is not None
+    spec = ModalitySpec(mod.name, "image", (c, h, w))
+    for i, sid in enumerate(ids):
+        path = mod.files.get(sid)
+        if path is not None:
+            x = IMAGE.read_file(path, spec)  # float32 (C, H, W) in [0, 1], as dymo predict reads it
+            arr[i] = np.rint(np.moveaxis(x, 0, -1) * 255.0).astype(np.uint8)
+            observed[i] = True
+    return arr, spec
+
+
+def _vector_column(
+    mod: _Modality, ids: list[str], observed: np.ndarray, train_rows: np.ndarray, root: Path, cfg: FolderConfig
+) -> tuple[np.ndarray, ModalitySpec]:
+    assert mod.header is not None and mod.rows is not None
+    width = len(mod.header) - 1
+    raw_spec = ModalitySpec(mod.name, "vector", (width,), extra={"columns": mod.header[1:]})
+    table = np.full((len(ids), width), np.nan)
+    for i, sid in enumerate(ids):
+        cells = mod.rows.get(sid)
+        if cells is not None:
+            try:
+                row = VECTOR.parse_cells(cells, raw_spec)
+            except DataError as e:
+                raise DataError(f"{root / (mod.name + '.csv')}, sample {sid!r}: {e}") from None
+            if row is not None:
+                table[i] = row
+    observed[:] = ~np.isnan(table).all(axis=1)
+    arr, extra = _standardize(mod.name, table, observed & train_rows, observed, cfg)
+    return arr, ModalitySpec(mod.name, "vector", (width,), extra={"columns": mod.header[1:], **extra})
+
+
+def _text_column(
+    mod: _Modality, ids: list[str], observed: np.ndarray, train_rows: np.ndarray, root: Path, cfg: FolderConfig
+) -> tuple[np.ndarray, ModalitySpec]:
+    assert mod.rows is not None
+    texts = [(mod.rows.get(sid) or [""])[0] for sid in ids]
+    observed[:] = np.array([bool(t) for t in texts])
+    return _encode_text(mod.name, texts, observed & train_rows, cfg)
+
+
+_COLUMN_READERS = {"image": _image_column, "vector": _vector_column, "text": _text_column}
 
 
 def _standardize(
@@ -399,44 +419,31 @@ def write_folder(
     ``id,label,split``; without, the folder is a ``dymo predict`` input. A
     :class:`MultimodalDataset` is written as one split named ``test``.
     """
-    from PIL import Image
-
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     parts = {"test": dataset} if isinstance(dataset, MultimodalDataset) else {s: dataset[s] for s in splits if s in dataset.splits}
     first = next(iter(parts.values()))
     specs, class_names = first.specs, first.class_names
-    tables = {s.name: [] for s in specs if s.kind != "image"}
+    kinds = [kind_of(s) for s in specs]
+    tables: dict[str, list[list[str]]] = {s.name: [] for s, k in zip(specs, kinds, strict=True) if k.layout == "csv"}
     label_rows = []
     for split, ds in parts.items():
         mask = ds.observed if observed is None or split not in observed else np.asarray(observed[split], dtype=bool)
         ids = [f"{id_prefix}{split}{i:06d}" for i in range(len(ds))]
-        for j, spec in enumerate(specs):
+        for j, (spec, kind) in enumerate(zip(specs, kinds, strict=True)):
             rows = np.nonzero(mask[:, j])[0]
             arr = ds.arrays[spec.name]
-            if spec.kind == "image":
+            if kind.layout == "files":
                 folder = root / spec.name
                 folder.mkdir(exist_ok=True)
                 for i in rows:
-                    img = np.asarray(arr[i])
-                    if img.shape[0] == spec.shape[0] and img.shape[-1] != spec.shape[0]:
-                        img = np.moveaxis(img, 0, -1)  # CHW -> HWC
-                    if img.dtype != np.uint8:
-                        img = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-                    Image.fromarray(img[:, :, 0] if img.shape[-1] == 1 else img).save(folder / f"{ids[i]}.png")
-            elif spec.kind == "vector":
-                tables[spec.name].extend([ids[i], *(repr(float(v)) for v in np.asarray(arr[i]))] for i in rows)
+                    kind.write_file(arr[i], spec, folder / f"{ids[i]}.png")
             else:
-                alphabet = spec.extra.get("alphabet", "")
-                tables[spec.name].extend(
-                    [ids[i], "".join(alphabet[t - 1] for t in np.asarray(arr[i]) if 0 < t <= len(alphabet))] for i in rows
-                )
+                tables[spec.name].extend([ids[i], *kind.to_cells(arr[i], spec)] for i in rows)
         label_rows.extend([ids[i], class_names[int(ds.labels[i])], split] for i in range(len(ds)))
-    for spec in specs:
-        if spec.kind == "image":
-            continue
-        header = ["id", "text"] if spec.kind == "text" else ["id", *spec.extra.get("columns", [f"f{k}" for k in range(spec.shape[0])])]
-        _write_csv(root / f"{spec.name}.csv", header, tables[spec.name])
+    for spec, kind in zip(specs, kinds, strict=True):
+        if kind.layout == "csv":
+            _write_csv(root / f"{spec.name}.csv", ["id", *kind.csv_columns(spec)], tables[spec.name])
     if labels:
         _write_csv(root / LABELS_FILE, ["id", "label", "split"], label_rows)
     return root

@@ -43,7 +43,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, done
+from dymo.data.entry import DatasetEntry, build_record, one_step, source_folder
 from dymo.data.mfeat import CLASS_NAMES as MFEAT_CLASSES
 from dymo.data.mfeat import VIEWS, MFeatConfig, _stratified_split, mfeat_dir, read_view
 from dymo.data.mst import torch_load
@@ -194,14 +194,7 @@ def _images_from_tensor(obj: Any, size: int, channels: int, path: Path) -> np.nd
 def read_image_table(config: ImageTableConfig | None = None, progress: Progress | None = None, **options: Any) -> SplitDataset:
     """Read an image + table dataset in the TIP / DVM layout (see the module docstring)."""
     cfg = config or ImageTableConfig(**options)
-    if not cfg.source:
-        raise ConfigError(
-            "image-table: set source=PATH, the folder holding the TIP/DVM feature CSVs and .pt files "
-            "(Python: build_dataset('image-table', source=PATH))"
-        )
-    root = Path(cfg.source).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: image-table folder not found")
+    root = source_folder(cfg.source, "image-table", "the TIP/DVM feature CSVs and .pt files", "image-table")
     image_roots = [Path(cfg.image_root).expanduser()] if cfg.image_root else []
     image_roots.append(root)
 
@@ -309,7 +302,7 @@ def read_image_table(config: ImageTableConfig | None = None, progress: Progress 
         splits[split] = MultimodalDataset(specs, arrays, r["labels"], class_names, name=f"image-table/{split}")
         log.info("image-table %s: %d samples", split, len(r["labels"]))
     assert specs is not None
-    info = {"dataset": "image-table", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
+    info = build_record("image-table", BUILDER_VERSION, cfg)
     return SplitDataset("image-table", specs, class_names, splits, info)
 
 
@@ -366,21 +359,11 @@ def build_mfeat_image_table(config: MFeatConfig | None = None, folder: Path | No
             continue
         arrays = {"image": images[idx], "table": table[idx].astype(np.float32)}
         splits[split] = MultimodalDataset(specs, arrays, labels[idx], MFEAT_CLASSES, name=f"mfeat-image-table/{split}")
-    info = {"dataset": "mfeat-image-table", "builder_version": MFEAT_IMAGE_TABLE_VERSION, "config": cfg.to_dict()}
+    info = build_record("mfeat-image-table", MFEAT_IMAGE_TABLE_VERSION, cfg)
     return SplitDataset("mfeat-image-table", specs, list(MFEAT_CLASSES), splits, info)
 
 
 # -- registry entries ------------------------------------------------------------------------
-
-
-def _build_image_table(cfg: ImageTableConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_image_table(cfg, progress), {})
-
-
-def _build_mfeat_image_table(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
-    ds = build_mfeat_image_table(cfg)
-    done(progress)
-    return BuildResult(ds, {})
 
 
 DATASETS = (
@@ -390,7 +373,7 @@ DATASETS = (
         MFeatConfig,
         {},
         MFEAT_IMAGE_TABLE_VERSION,
-        _build_mfeat_image_table,
+        one_step(build_mfeat_image_table),
     ),
     DatasetEntry(
         "image-table",
@@ -398,7 +381,7 @@ DATASETS = (
         ImageTableConfig,
         {},
         BUILDER_VERSION,
-        _build_image_table,
+        read_image_table,
         external=True,
     ),
 )

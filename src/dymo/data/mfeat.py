@@ -20,7 +20,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, Progress, done
+from dymo.data.entry import DatasetEntry, build_record, one_step
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -142,17 +142,11 @@ def build_mfeat(config: MFeatConfig | None = None, folder: Path | None = None) -
         specs,
         list(CLASS_NAMES),
         splits,
-        {"dataset": "mfeat", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()},
+        build_record("mfeat", BUILDER_VERSION, cfg),
     )
 
 
 # -- registry entries ------------------------------------------------------------------------
-
-
-def _build_entry(cfg: MFeatConfig, progress: Progress | None) -> BuildResult:
-    ds = build_mfeat(cfg)
-    done(progress)
-    return BuildResult(ds, {})
 
 
 DATASETS = (
@@ -162,6 +156,6 @@ DATASETS = (
         MFeatConfig,
         {},
         BUILDER_VERSION,
-        _build_entry,
+        one_step(build_mfeat),
     ),
 )

@@ -22,7 +22,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, Progress, done
+from dymo.data.entry import BuildResult, DatasetEntry, Progress, build_record, done
 from dymo.data.mst import CLASS_NAMES, MST_TEXT_LENGTH, TEXT_VOCAB_SIZE, digit_texts, encode_text
 from dymo.data.polymnist import BUILDER_VERSION as POLYMNIST_VERSION
 from dymo.data.polymnist import PolyMNISTConfig, mnist_file
@@ -106,7 +106,7 @@ def build_mnist_text(config: MNISTTextConfig | None = None) -> SplitDataset:
             "text": encode_text(digit_texts(y, cfg.text_length, rng), cfg.text_length),
         }
         splits[split] = MultimodalDataset(specs, arrays, y, CLASS_NAMES, name=f"mnist-text/{split}")
-    info = {"dataset": "mnist-text", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
+    info = build_record("mnist-text", BUILDER_VERSION, cfg)
     return SplitDataset("mnist-text", specs, list(CLASS_NAMES), splits, info)
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from dymo.config import Config
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry
+from dymo.data.entry import DatasetEntry, build_record, source_folder
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError, DataError
 
@@ -298,14 +298,7 @@ def _subset(n: int, keep: int | None, rng: np.random.Generator) -> np.ndarray:
 def read_mst(config: MSTConfig | None = None, progress: Progress | None = None, **options: Any) -> SplitDataset:
     """Read MNIST-SVHN-Text from ``config.source`` (see the module docstring for the layout)."""
     cfg = config or MSTConfig(**options)
-    if not cfg.source:
-        raise ConfigError(
-            "mst: set source=PATH, the folder holding MNIST/, SVHN/ and the *-ms-*-idx.pt files "
-            "(Python: build_dataset('mst', source=PATH))"
-        )
-    root = Path(cfg.source).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: MNIST-SVHN-Text folder not found")
+    root = source_folder(cfg.source, "mst", "MNIST/, SVHN/ and the *-ms-*-idx.pt files", "MNIST-SVHN-Text")
     alphabet = read_alphabet(cfg.alphabet_file) if cfg.alphabet_file else MOPOE_ALPHABET
     specs = mst_specs(len(alphabet) + 1, cfg.text_length)
     if cfg.alphabet_file:
@@ -377,15 +370,11 @@ def read_mst(config: MSTConfig | None = None, progress: Progress | None = None, 
         }
         splits[split] = MultimodalDataset(specs, arrays, labels, CLASS_NAMES, name=f"mst/{split}")
         log.info("mst %s: %d pairs (from %s)", split, len(labels), src)
-    info = {"dataset": "mst", "builder_version": BUILDER_VERSION, "config": cfg.to_dict()}
+    info = build_record("mst", BUILDER_VERSION, cfg)
     return SplitDataset("mst", specs, list(CLASS_NAMES), splits, info)
 
 
 # -- registry entries ------------------------------------------------------------------------
-
-
-def _build_entry(cfg: MSTConfig, progress: Progress | None) -> BuildResult:
-    return BuildResult(read_mst(cfg, progress), {})
 
 
 DATASETS = (
@@ -395,7 +384,7 @@ DATASETS = (
         MSTConfig,
         {},
         BUILDER_VERSION,
-        _build_entry,
+        read_mst,
         external=True,
     ),
 )

@@ -15,8 +15,8 @@ from typing import Any
 
 from dymo.config import Config
 from dymo.data.dataset import SplitDataset
-from dymo.data.entry import BuildResult, DatasetEntry, Progress
-from dymo.data.polymnist import read_polymnist_folder
+from dymo.data.entry import BuildResult, DatasetEntry, Progress, build_record
+from dymo.data.polymnist_format import read_polymnist_folder
 from dymo.errors import ConfigError, DataError
 from dymo.utils.io import read_json, save_npy
 
@@ -111,7 +111,7 @@ def make_config(name: str, **options: Any) -> Config:
 def build_info(name: str, config: Config) -> dict[str, Any]:
     """What ``meta.json`` records under ``"build"`` (JSON-normalised, so it compares equal after a round trip)."""
     entry = get_entry(name)
-    info = {"dataset": name, "builder_version": entry.builder_version, "config": config.to_dict()}
+    info = build_record(name, entry.builder_version, config)
     return json.loads(json.dumps(info))
 
 
@@ -134,6 +134,8 @@ def build_dataset(
     cfg = make_config(name, **options)
     target = _target_name(name, out_name)
     result = entry.build(cfg, progress)
+    if not isinstance(result, BuildResult):
+        result = BuildResult(result, {})
     ds = result.dataset
     ds.name = target
     ds.build_info = build_info(name, cfg)

@@ -351,11 +351,11 @@ def apply_value_missing(
     unobserved are set to NaN too (they are ignored downstream either way).
     """
     specs = {s.name: s for s in dataset.specs}
-    names = list(modalities) if modalities is not None else [s.name for s in dataset.specs if s.kind == "vector"]
+    names = list(modalities) if modalities is not None else [s.name for s in dataset.specs if s.kind_object.tabular]
     for name in names:
         if name not in specs:
             raise ScenarioError(f"value missingness: unknown modality {name!r}; this dataset has {list(specs)}")
-        if specs[name].kind != "vector":
+        if not specs[name].kind_object.tabular:
             raise ScenarioError(f"value missingness: modality {name!r} is {specs[name].kind}, only vector modalities hold values")
     if not names:
         raise ScenarioError(f"value missingness: dataset {dataset.name!r} has no vector modality")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dymo.errors import DataError
 
-Kind = Literal["image", "vector", "text"]
-KINDS: tuple[str, ...] = ("image", "vector", "text")
+if TYPE_CHECKING:
+    from dymo.data.kinds.base import ModalityKind
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class ModalitySpec:
     - ``image``: ``shape = (C, H, W)``; stored as uint8 ``(H, W, C)`` or float, fed as float32 CHW in [0, 1].
     - ``vector``: ``shape = (F,)``; float32 features.
     - ``text``: ``shape = (L,)``; int64 token ids in ``[0, vocab_size)``, 0 = padding.
+
+    ``kind`` names a registered modality kind (:mod:`dymo.data.kinds`), whose object holds every
+    per-kind rule (``spec.kind_object``).
     """
 
     name: str
@@ -30,15 +34,16 @@ class ModalitySpec:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise DataError(f"modality {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
+        kind = self.kind_object  # raises on an unknown kind
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        if self.kind == "image" and len(self.shape) != 3:
-            raise DataError(f"image modality {self.name!r} needs shape (C, H, W), got {self.shape}")
-        if self.kind in ("vector", "text") and len(self.shape) != 1:
-            raise DataError(f"{self.kind} modality {self.name!r} needs shape (F,), got {self.shape}")
-        if self.kind == "text" and not self.vocab_size:
-            raise DataError(f"text modality {self.name!r} needs vocab_size")
+        kind.check_spec(self)
+
+    @property
+    def kind_object(self) -> ModalityKind:
+        """The kind's rules (:mod:`dymo.data.kinds`)."""
+        from dymo.data.kinds.base import kind_of  # the kinds' modules import this one
+
+        return kind_of(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -55,20 +60,35 @@ class ModalitySpec:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.long if self.kind == "text" else torch.float32
+        return self.kind_object.dtype
 
     def to_tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Convert a stored batch array (leading batch dim) to the model's input tensor."""
-        x = torch.as_tensor(array)
-        if self.kind == "text":
-            return x.long()
-        if self.kind == "image":
-            if x.dtype == torch.uint8:
-                x = x.float().div_(255.0)
-            if x.ndim == 4 and x.shape[-1] == self.shape[0] and x.shape[1] != self.shape[0]:
-                x = x.permute(0, 3, 1, 2)  # HWC -> CHW
-            return x.float().contiguous()
-        return x.float()
+        return self.kind_object.to_tensor(array, self)
+
+
+class HasModalities:
+    """``modalities`` and ``num_modalities`` of an object holding ``specs``."""
+
+    specs: Sequence[ModalitySpec]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.specs)
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.specs)
+
+
+class HasSpecs(HasModalities):
+    """Adds ``num_classes`` from ``class_names``."""
+
+    class_names: Sequence[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 def specs_to_list(specs: list[ModalitySpec] | tuple[ModalitySpec, ...]) -> list[dict[str, Any]]:

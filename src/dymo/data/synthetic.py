@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dymo.data.dataset import MultimodalDataset, SplitDataset
-from dymo.data.specs import ModalitySpec
+from dymo.data.kinds import get_kind
 
 
 def make_synthetic(
@@ -29,25 +29,11 @@ def make_synthetic(
     sig = [signal] * len(kinds) if np.isscalar(signal) else list(signal)  # type: ignore[arg-type]
     proto_rng = np.random.default_rng(1234)  # class patterns shared by every split
     specs, arrays = [], {}
+    options = {"image_size": image_size, "vector_dim": vector_dim, "text_len": text_len, "vocab_size": vocab_size}
     for i, kind in enumerate(kinds):
         name = f"{kind[0]}{i}"
-        if kind == "image":
-            pats = proto_rng.random((num_classes, image_size, image_size, 3))
-            x = 0.5 * (1 - sig[i]) + sig[i] * pats[y] * 0.6 + rng.random((n, image_size, image_size, 3)) * 0.4
-            arrays[name] = (np.clip(x, 0, 1) * 255).astype(np.uint8)
-            specs.append(ModalitySpec(name, "image", (3, image_size, image_size)))
-        elif kind == "vector":
-            pats = proto_rng.normal(size=(num_classes, vector_dim))
-            arrays[name] = (sig[i] * pats[y] + rng.normal(size=(n, vector_dim)) * 0.5).astype(np.float32)
-            specs.append(ModalitySpec(name, "vector", (vector_dim,)))
-        elif kind == "text":
-            pats = proto_rng.integers(1, vocab_size, (num_classes, text_len))
-            noise = rng.integers(1, vocab_size, (n, text_len))
-            keep = rng.random((n, text_len)) < sig[i]
-            arrays[name] = np.where(keep, pats[y], noise).astype(np.int64)
-            specs.append(ModalitySpec(name, "text", (text_len,), vocab_size=vocab_size))
-        else:
-            raise ValueError(f"unknown kind {kind!r}")
+        spec, arrays[name] = get_kind(kind).synthetic(name, y, num_classes, sig[i], proto_rng, rng, options)
+        specs.append(spec)
     return MultimodalDataset(specs, arrays, y, [f"c{k}" for k in range(num_classes)], name="synthetic")
 
 

@@ -52,7 +52,9 @@ class BenchmarkConfig(Config):
     ``backbone``, ``train``: :class:`~dymo.models.backbone.BackboneConfig` /
     :class:`~dymo.training.run.TrainConfig` overrides; ``baselines``: per baseline name, its
     config overrides (nested dicts); ``recoverers``: per recoverer kind, its config overrides.
-    ``command``: the command line, recorded in the report.
+    ``command``: the command line, recorded in the report. ``device``: where models train and
+    run (``cpu``, ``cuda``, ``cuda:N``); not part of the scale record, so a folder can be
+    resumed on another device (its numbers then differ within float rounding only).
     """
 
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
@@ -74,8 +76,12 @@ class BenchmarkConfig(Config):
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     recoverers: dict[str, dict[str, Any]] = field(default_factory=dict)
     command: str = ""
+    device: str = "cpu"
 
     def validate(self) -> None:
+        from dymo.utils.scale import torch_device
+
+        torch_device(self.device, "benchmark: device")
         if not self.methods:
             raise ConfigError("benchmark: no methods given")
         if not self.missing:
@@ -187,9 +193,15 @@ def uses_recovery(spec: MethodSpec, config: BenchmarkConfig) -> bool:
 
 
 def baseline_overrides(name: str, config: BenchmarkConfig) -> dict[str, Any]:
+    """The config overrides of baseline ``name``: the run's epochs, the run's device (for its
+    training engine), then the config file's settings."""
     cls = baseline_class(name)
     fields = set(cls.config_class.__dataclass_fields__)
     base: dict[str, Any] = {"train": {"epochs": config.epochs}} if "train" in fields else {}
+    if "train" in fields and config.device != "cpu":
+        from dymo.utils.scale import lightning_target, torch_device
+
+        base["train"]["accelerator"] = lightning_target(torch_device(config.device))[0]
     return _deep_merge(base, config.baselines.get(name, {}))
 
 

@@ -61,6 +61,9 @@ class Models:
         self._thresholds: dict[str, Any] = {}
         self.info: dict[str, str] = {}
         self._file_sha: dict[tuple[str, int, int], str] = {}
+        from dymo.utils.scale import torch_device
+
+        self.device = torch_device(config.device, "benchmark: device")
 
     # -- provenance: the hashes of the models a cell uses (its results are reused only with them)
     def _sha(self, path: Path) -> str | None:
@@ -129,14 +132,18 @@ class Models:
             bcfg = BackboneConfig.from_dict({**self.config.backbone, "metric": metric})
             tcfg = TrainConfig.from_dict({"epochs": self.config.epochs, **self.config.train})
             _quiet_lightning()
+            from dymo.utils.scale import lightning_target
+
+            accelerator, devices = lightning_target(self.device)
             train_backbone(
                 self.data, run, bcfg, tcfg, data_ref={"name": self.data.name}, progress=self.progress,
                 resume=run.exists(), evaluate_test=False,  # continues an interrupted one
+                accelerator=accelerator, devices=devices,
             )
             self.info[f"backbone {metric}"] = f"trained here into {run}" + _run_scale(run)
         else:
             self.info[f"backbone {metric}"] = f"trained here earlier, reused from {run}" + _run_scale(run)
-        net = load_backbone(run)
+        net = load_backbone(run, map_location=str(self.device))
         if net.modalities != self.data.modalities or net.num_classes != self.data.num_classes:
             raise ConfigError(
                 f"{run}: backbone for modalities {list(net.modalities)} / {net.num_classes} classes, the data has "
@@ -194,7 +201,7 @@ class Models:
                 fields = set(cls.config_class.__dataclass_fields__)
                 overrides = {"epochs": self.config.epochs} if "epochs" in fields else {}
                 overrides.update(self.config.recoverers.get(kind, {}))
-                rec = get_recoverer(kind, **overrides)
+                rec = get_recoverer(kind, **overrides).to(self.device)
                 self.log(f"fitting the {kind} recoverer on {len(train)} training samples -> {path}")
                 kwargs = {"run_dir": path} if "run_dir" in inspect.signature(rec.fit).parameters else {}
                 rec.fit(train, progress=self.progress, **kwargs)
@@ -203,6 +210,7 @@ class Models:
         else:
             rec = _load_recoverer(Path(source), train, self.data)
             self.info[f"recovery {label}"] = f"reused {source}"
+        rec = rec.to(self.device)
         if rec.modalities != self.data.modalities:
             raise ConfigError(f"recoverer {label!r} knows modalities {list(rec.modalities)}, the data has {list(self.data.modalities)}")
         self._recoverers[label] = rec
@@ -280,13 +288,14 @@ class Models:
                 overrides = baseline_overrides(name, self.config)
                 self.log(f"fitting the {name} baseline on {len(self.data['train'])} samples -> {path}")
                 _quiet_lightning()
-                obj = get_baseline(name, **overrides).fit(self.data, progress=self.progress)
+                obj = get_baseline(name, **overrides).to(self.device)
+                obj.fit(self.data, progress=self.progress)
                 obj.save(path)
                 self.info[f"baseline {name}"] = f"trained here into {path}"
             epochs = getattr(getattr(obj.config, "train", None), "epochs", None)
             if epochs is not None:
                 self.info[f"baseline {name}"] += f" (max {epochs} epochs)"
-        self._baselines[name] = obj
+        self._baselines[name] = obj.to(self.device)
         return obj
 
 

@@ -32,6 +32,7 @@ from dymo.data.batch import MultimodalBatch
 from dymo.data.kinds import describe_inputs, prepare_batch
 from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError, DymoError
+from dymo.inference.fit import fit_classifier
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.selection.calibration import Calibration
 from dymo.selection.selector import (
@@ -275,42 +276,8 @@ class DyMoClassifier:
         )
 
     # -- one-call training and scikit-learn style helpers -----------------------------------------
-    @classmethod
-    def fit(
-        cls,
-        dataset: Any,
-        recovery: str = "retrieval",
-        *,
-        recovery_options: dict[str, Any] | None = None,
-        backbone: Any = None,
-        train: Any = None,
-        epochs: int | None = None,
-        selection: Any = None,
-        run_dir: str | os.PathLike | None = None,
-        progress: bool = True,
-        accelerator: str = "cpu",
-        devices: int | str = 1,
-        tune: bool = True,
-    ) -> DyMoClassifier:
-        """Train backbone + recoverer + calibration on ``dataset`` and return the classifier.
-
-        ``dataset``: a :class:`~dymo.data.dataset.SplitDataset` with ``train`` and ``val`` splits,
-        or a dataset name / folder (``open_dataset``). ``recovery``: a recoverer name
-        (``retrieval``, ``mopoe``, ``knn``, ...; options in ``recovery_options``). ``backbone`` /
-        ``train`` / ``selection``: configs or dicts (defaults: ``BackboneConfig()``,
-        ``TrainConfig()`` = 4 epochs, batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
-        ``epochs`` overrides ``train.epochs``. ``run_dir`` keeps the backbone run (logs,
-        checkpoints); by default it is a temporary folder. The training split may miss
-        modalities (docs/data.md). ``tune``: also tune DyMo's acceptance rule on the validation
-        split (docs/selection.md; off = the paper's rule, reward > 0). Then ``predict`` /
-        ``predict_proba`` / ``explain`` / ``save_pretrained``.
-        """
-        from dymo.inference.fit import fit_classifier
-
-        return fit_classifier(
-            cls, dataset, recovery, recovery_options=recovery_options, backbone=backbone, train=train, epochs=epochs,
-            selection=selection, run_dir=run_dir, progress=progress, accelerator=accelerator, devices=devices, tune=tune,
-        )
+    #: Train backbone + recoverer + calibration on a dataset (:func:`dymo.inference.fit.fit_classifier`).
+    fit = classmethod(fit_classifier)
 
     def predict_proba(self, batch: MultimodalBatch) -> torch.Tensor:
         """Class probabilities ``[B, C]`` of DyMo's final choice per sample."""

@@ -10,8 +10,8 @@ with documented defaults, each with a progress bar:
 3. DyMo's calibration statistics on the training split;
 4. with ``tune=True`` (the default), DyMo's acceptance rule tuned on ``dataset["val"]`` under
    simulated missingness (:func:`dymo.selection.tuning.tune_threshold`), stored with the
-   calibration. A validation split that misses modalities itself is not used for tuning: the
-   paper's rule (reward > 0) is kept, with a log line saying so.
+   calibration. A validation split that misses modalities itself works too: the simulated
+   masks hide only modalities a sample has.
 
 The training split may miss modalities (see docs/data.md, "Incomplete training data").
 """
@@ -57,7 +57,20 @@ def fit_classifier(
     root: str | os.PathLike | None = None,
     tune: bool = True,
 ) -> Any:
-    """See :meth:`DyMoClassifier.fit`."""
+    """Train backbone + recoverer + calibration on ``dataset`` and return the classifier.
+
+    ``dataset``: a :class:`~dymo.data.dataset.SplitDataset` with ``train`` and ``val`` splits,
+    or a dataset name / folder (``open_dataset``). ``recovery``: a recoverer name
+    (``retrieval``, ``mopoe``, ``knn``, ...; options in ``recovery_options``). ``backbone`` /
+    ``train`` / ``selection``: configs or dicts (defaults: ``BackboneConfig()``,
+    ``TrainConfig()`` = 4 epochs, batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
+    ``epochs`` overrides ``train.epochs``. ``run_dir`` keeps the backbone run (logs,
+    checkpoints); by default it is a temporary folder. The training split may miss
+    modalities (docs/data.md). ``tune``: also tune DyMo's acceptance rule on the validation
+    split (docs/selection.md; off = the paper's rule, reward > 0). ``root``: where a named dataset is
+    looked up. Then ``predict`` /
+    ``predict_proba`` / ``explain`` / ``save_pretrained``.
+    """
     from dymo.data.registry import open_dataset
     from dymo.models.backbone import BackboneConfig
     from dymo.recovery.registry import get_recoverer
@@ -90,7 +103,7 @@ def fit_classifier(
     recoverer = get_recoverer(recovery, **(recovery_options or {})).fit(data["train"], progress=progress)
     log.info("fit: 3/4 calibration")
     calibration = compute_calibration(model, data["train"], progress=progress)
-    if tune and bool(data["val"].observed.all()):
+    if tune:
         from dymo.selection.tuning import tune_threshold
 
         log.info("fit: 4/4 acceptance rule, tuned on the validation split")
@@ -99,6 +112,4 @@ def fit_classifier(
         except DataError as e:
             # e.g. a table imputer cannot recover the image modalities the simulated masks hide
             log.warning("fit: the acceptance rule could not be tuned (%s); keeping the paper's rule (reward > 0)", e)
-    elif tune:
-        log.info("fit: 4/4 the validation split misses modalities; keeping the paper's acceptance rule (reward > 0)")
     return cls(model, calibration, recoverer, data.class_names, selection_cfg)

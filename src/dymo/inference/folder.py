@@ -27,11 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dymo.data.batch import MultimodalBatch
-from dymo.data.kinds import IMAGE, TEXT, CsvTable, kind_of, read_csv_table
+from dymo.data.kinds import CsvTable, kind_of, read_csv_table
 from dymo.data.specs import ModalitySpec
 from dymo.errors import DataError
 
@@ -86,8 +85,7 @@ class InputFolder:
             if not path.is_file():
                 folder.notes.append(f"modality {spec.name!r}: no {path.name}, missing for every sample")
                 continue
-            if kind_of(spec) is TEXT:
-                TEXT.alphabet(spec)  # a text CSV needs the spec's alphabet: fail the run here, not per sample
+            kind_of(spec).check_readable(spec)  # e.g. a text CSV needs the spec's alphabet: fail the run here, not per sample
             table = read_csv_table(path, spec)
             folder.tables[spec.name] = table
             for sid, lines in table.duplicates.items():
@@ -143,11 +141,7 @@ class InputFolder:
         errors: dict[str, str] = {sid: self.problems[sid] for sid in ids if sid in self.problems}
         data: dict[str, torch.Tensor] = {}
         for j, spec in enumerate(self.specs):
-            kind = kind_of(spec)
-            if kind is TEXT:
-                texts: list[str | None] = [None] * n
-            else:
-                x = np.zeros((n, *spec.shape), dtype=np.float32 if kind is IMAGE else np.float64)
+            values: list[object | None] = [None] * n
             for i, sid in enumerate(ids):
                 if sid in errors:
                     continue
@@ -158,18 +152,11 @@ class InputFolder:
                     continue
                 if value is None:
                     continue
-                if kind is TEXT:
-                    texts[i] = value
-                else:
-                    x[i] = value
+                values[i] = value
                 observed[i, j] = True
-            if kind is TEXT:
-                tokens, bad = TEXT.encode(texts, spec)
-                for i, msg in bad.items():
-                    errors.setdefault(ids[i], f"{self._where(spec, ids[i])}: {msg}")
-                data[spec.name] = tokens
-            else:
-                data[spec.name] = torch.from_numpy(x)
+            data[spec.name], bad = kind_of(spec).collate(values, spec)
+            for i, msg in bad.items():
+                errors.setdefault(ids[i], f"{self._where(spec, ids[i])}: {msg}")
         for i, sid in enumerate(ids):
             if sid not in errors and not observed[i].any():
                 errors[sid] = "no observed modality: dymo needs at least one"

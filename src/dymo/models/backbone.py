@@ -22,7 +22,7 @@ from torch import nn
 
 from dymo.config import Config
 from dymo.data.batch import zero_missing
-from dymo.data.specs import ModalitySpec
+from dymo.data.specs import HasModalities, ModalitySpec
 from dymo.errors import ConfigError, DataError
 from dymo.models.encoders import build_encoder
 
@@ -68,7 +68,7 @@ class Prepared(NamedTuple):
     qkv: torch.Tensor
 
 
-class FlexibleBackbone(nn.Module):
+class FlexibleBackbone(HasModalities, nn.Module):
     def __init__(self, specs: Sequence[ModalitySpec], num_classes: int, config: BackboneConfig | None = None) -> None:
         super().__init__()
         self.config = config or BackboneConfig()
@@ -98,14 +98,6 @@ class FlexibleBackbone(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.classifier = nn.Linear(cfg.dim, num_classes)
         self.projector = nn.Linear(cfg.dim, cfg.proj_dim)
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.specs)
-
-    @property
-    def num_modalities(self) -> int:
-        return len(self.specs)
 
     @property
     def metric(self) -> str:

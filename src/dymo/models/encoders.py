@@ -20,6 +20,7 @@ from torch import nn
 
 from dymo.data.specs import ModalitySpec
 from dymo.errors import ConfigError
+from dymo.models.networks import load_kind_networks
 
 EncoderBuilder = Callable[[ModalitySpec, int, dict[str, Any]], nn.Module]
 _REGISTRY: dict[str, EncoderBuilder] = {}
@@ -40,6 +41,8 @@ def registered_encoders() -> list[str]:
 def build_encoder(spec: ModalitySpec, dim: int, name: str | None = None, options: dict[str, Any] | None = None) -> nn.Module:
     """Build the encoder registered under ``name`` (default: the modality's kind)."""
     key = name or spec.kind
+    if key not in _REGISTRY:
+        load_kind_networks(spec)  # a kind's own module registers its encoder under the kind's name
     if key not in _REGISTRY:
         raise ConfigError(f"modality {spec.name!r}: no encoder registered as {key!r}; known: {registered_encoders()}")
     enc = _REGISTRY[key](spec, dim, options or {})

@@ -65,18 +65,19 @@ import torch
 
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch
+from dymo.data.component import Component
 from dymo.data.dataset import MultimodalDataset
-from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import ModalitySpec
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.utils.artifact import (
     array_fingerprint,
     check_output,
-    component_manifest,
     dataset_fingerprint,
     load_weights,
     read_manifest,
+    write_manifest,
 )
-from dymo.utils.io import load_tensors, save_tensors, write_json
+from dymo.utils.io import save_tensors
 
 FORMAT_VERSION = 1
 #: Set while a recoverer is saved self-contained: TrainingData copies its files in.
@@ -92,7 +93,7 @@ class RecovererConfig(Config):
     """Base of every recoverer config (a validated dataclass that round-trips to JSON)."""
 
 
-class Recoverer(ABC):
+class Recoverer(Component, ABC):
     """Fills missing modalities; observed ones pass through bit-identical. See the module doc."""
 
     name: ClassVar[str] = ""
@@ -109,34 +110,8 @@ class Recoverer(ABC):
     uses_training_data: ClassVar[bool] = False
 
     def __init__(self, config: RecovererConfig | None = None, **overrides: Any) -> None:
-        if config is None:
-            config = self.config_class.from_dict(overrides)
-        else:
-            if not isinstance(config, self.config_class):
-                raise ConfigError(
-                    f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
-                )
-            if overrides:
-                config = config.replace(**overrides)
-        self.config = config
-        self.specs: list[ModalitySpec] = []
-        self.class_names: list[str] = []
+        super().__init__(config, **overrides)
         self.fitted = False
-        #: what it was fitted on (the training data's fingerprint), recorded in its config.json
-        self.made_from: dict[str, Any] = {}
-
-    # -- properties ------------------------------------------------------------------------
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.specs)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __repr__(self) -> str:
-        state = "fitted" if self.fitted else "not fitted"
-        return f"{type(self).__name__}({self.config}, {state}, modalities={list(self.modalities)})"
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self: R, train: MultimodalDataset, progress: bool = True) -> R:
@@ -191,7 +166,7 @@ class Recoverer(ABC):
         if not self.allows_missing_values:
             return False
         return any(
-            bool(torch.isnan(batch.data[s.name]).any()) for s in self.specs if s.kind == "vector"
+            bool(torch.isnan(batch.data[s.name]).any()) for s in self.specs if s.kind_object.tabular
         )
 
     def _check_fitted(self) -> None:
@@ -234,13 +209,7 @@ class Recoverer(ABC):
             save_tensors(path / WEIGHTS_FILE, tensors, metadata={"kind": self.name})
         elif (path / WEIGHTS_FILE).exists():
             (path / WEIGHTS_FILE).unlink()
-        write_json(
-            path / CONFIG_FILE,
-            component_manifest(
-                "recoverer", self.name, config=self.config.to_dict(), specs=specs_to_list(self.specs),
-                class_names=list(self.class_names), made_from=self.made_from, extra=extra,
-            ),
-        )
+        write_manifest(path, "recoverer", self.name, self, extra=extra)
         return path
 
     @classmethod
@@ -255,14 +224,7 @@ class Recoverer(ABC):
         meta = read_recoverer_meta(path)
         if meta["kind"] != cls.name:
             raise BundleError(f"{path / CONFIG_FILE}: holds a {meta['kind']!r} recoverer, not {cls.name!r}")
-        try:
-            config = cls.config_class.from_dict(meta["config"])
-        except ConfigError as e:
-            raise BundleError(f"{path / CONFIG_FILE}: bad config ({e})") from None
-        obj = cls(config=config)
-        obj.specs = specs_from_list(meta["specs"])
-        obj.class_names = list(meta.get("class_names", []))
-        obj.made_from = dict(meta.get("made_from") or {})
+        obj = cls._from_manifest(meta, path / CONFIG_FILE)
         wpath = path / WEIGHTS_FILE
         tensors: dict[str, torch.Tensor] = load_weights(wpath) if wpath.exists() else {}
         if train is not None and cls.uses_training_data:
@@ -442,12 +404,7 @@ class TrainingData:
     ) -> TrainingData:
         """Re-open the referenced training data (or check and use ``train`` if given)."""
         fpath = path / cls.FILE
-        try:
-            embedded = load_tensors(fpath)
-        except FileNotFoundError:
-            raise BundleError(f"{fpath}: file missing") from None
-        except Exception as e:
-            raise BundleError(f"{fpath}: truncated or corrupt ({e})") from None
+        embedded = load_weights(fpath)
         labels = embedded["__labels__"].numpy()
         arrays: dict[str, np.ndarray] = {}
         for s in specs:

@@ -31,12 +31,13 @@ from torch import nn
 from dymo.config import Config
 from dymo.data.batch import MultimodalBatch, zero_nan_values
 from dymo.data.dataset import MultimodalDataset
-from dymo.data.specs import ModalitySpec, specs_from_list, specs_to_list
+from dymo.data.specs import ModalitySpec, specs_from_list
 from dymo.errors import BundleError, ConfigError, DataError
+from dymo.models.networks import build_network
 from dymo.recovery.base import Recoverer
 from dymo.training.engine import FitConfig, fit_module
-from dymo.utils.artifact import component_manifest, load_weights, read_manifest
-from dymo.utils.io import atomic_write, save_tensors, write_json
+from dymo.utils.artifact import load_weights, read_manifest, write_manifest
+from dymo.utils.io import atomic_write, save_tensors
 from dymo.utils.progress import progress_bar
 
 log = logging.getLogger("dymo.recovery")
@@ -65,56 +66,6 @@ class UnimodalConfig(Config):
             raise ConfigError("config keys lr and cosine_scale must be > 0, weight_decay >= 0")
 
 
-class _ImageEncoder(nn.Module):
-    def __init__(self, spec: ModalitySpec, cfg: UnimodalConfig) -> None:
-        super().__init__()
-        c = spec.shape[0]
-        w = cfg.width
-        self.net = nn.Sequential(
-            nn.Conv2d(c, w, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(7),  # 28x28 -> 7x7 already; other sizes are pooled to 7x7
-            nn.Flatten(),
-            nn.Linear(2 * w * 49, cfg.embed_dim),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class _VectorEncoder(nn.Module):
-    def __init__(self, spec: ModalitySpec, cfg: UnimodalConfig) -> None:
-        super().__init__()
-        f = spec.shape[0]
-        self.register_buffer("mean", torch.zeros(f))
-        self.register_buffer("std", torch.ones(f))
-        self.net = nn.Sequential(nn.Linear(f, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.embed_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
-
-
-class _TextEncoder(nn.Module):
-    def __init__(self, spec: ModalitySpec, cfg: UnimodalConfig) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(int(spec.vocab_size or 1), cfg.text_embed, padding_idx=0)
-        self.conv = nn.Conv1d(cfg.text_embed, cfg.hidden, 3, padding=1)
-        self.out = nn.Linear(cfg.hidden, cfg.embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.clamp(min=0)
-        h = F.relu(self.conv(self.embed(tokens).transpose(1, 2)))  # [B, H, L]
-        pad = (tokens == 0).unsqueeze(1)
-        h = h.masked_fill(pad, float("-inf")).amax(dim=2)
-        h = torch.where(torch.isfinite(h), h, torch.zeros_like(h))  # all-padding rows
-        return self.out(h)
-
-
-_ENCODERS: dict[str, type[nn.Module]] = {"image": _ImageEncoder, "vector": _VectorEncoder, "text": _TextEncoder}
-
-
 class UnimodalClassifier(nn.Module):
     """One independent classifier per modality (see the module doc).
 
@@ -129,7 +80,7 @@ class UnimodalClassifier(nn.Module):
         self.class_names = list(class_names)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            self.encoders = nn.ModuleDict({s.name: _ENCODERS[s.kind](s, self.config) for s in self.specs})
+            self.encoders = nn.ModuleDict({s.name: build_network(s, "judge", self.config, self.config.embed_dim) for s in self.specs})
             self.heads = nn.ParameterDict(
                 {s.name: nn.Parameter(torch.randn(len(class_names), self.config.embed_dim) * 0.1) for s in self.specs}
             )
@@ -170,7 +121,7 @@ class UnimodalClassifier(nn.Module):
             raise DataError(f"training set modalities {list(train.modalities)} != classifier's {list(self.modalities)}")
         complete = bool(train.observed.all())
         for j, s in enumerate(self.specs):
-            if s.kind == "vector":
+            if s.kind_object.tabular:  # the judge standardises tables with the training statistics
                 arr = np.asarray(train.arrays[s.name], dtype=np.float64)
                 if not complete:
                     arr = arr[train.observed[:, j]]
@@ -221,14 +172,15 @@ class UnimodalClassifier(nn.Module):
     def embed_dataset(self, ds: MultimodalDataset, batch_size: int = 1024, progress: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Normalised features of every row and modality, ``[N, M, embed_dim]``."""
         self.eval()
+        device = next(self.parameters()).device
         out = torch.empty(len(ds), len(self.specs), self.config.embed_dim, dtype=dtype)
         with progress_bar(progress) as bar:
             task = bar.add_task("embedding training set", total=len(ds), info="") if bar else None
             for start in range(0, len(ds), batch_size):
                 idx = np.arange(start, min(start + batch_size, len(ds)))
                 batch = ds.batch(idx)
-                feats = self.embed({k: zero_nan_values(v) for k, v in batch.data.items()})
-                out[start : start + len(idx)] = torch.stack([feats[n] for n in self.modalities], 1).to(dtype)
+                feats = self.embed({k: zero_nan_values(v).to(device) for k, v in batch.data.items()})
+                out[start : start + len(idx)] = torch.stack([feats[n] for n in self.modalities], 1).to("cpu", dtype)
                 if bar:
                     bar.update(task, advance=len(idx))
         return out
@@ -238,12 +190,7 @@ class UnimodalClassifier(nn.Module):
         path = Path(path_dir)
         path.mkdir(parents=True, exist_ok=True)
         save_tensors(path / "weights.safetensors", dict(self.state_dict()))
-        write_json(
-            path / "config.json",
-            component_manifest(
-                "classifier", CLASSIFIER_KIND, config=self.config.to_dict(), specs=specs_to_list(self.specs), class_names=self.class_names,
-            ),
-        )
+        write_manifest(path, "classifier", CLASSIFIER_KIND, self)
         return path
 
     @classmethod
@@ -335,10 +282,7 @@ def recovery_report(
                 if not miss.any():
                     continue
                 a, b = out.data[name][miss], full.data[name][miss]
-                if spec.kind == "text":
-                    err_sum[name] += float((a != b).float().sum())
-                else:
-                    err_sum[name] += float(((a.double() - b.double()) ** 2).sum())
+                err_sum[name] += spec.kind_object.recovery_error(a, b)
                 err_cnt[name] += a.numel()
                 y = full.labels[miss]
                 ks = k_obs[miss]
@@ -358,7 +302,7 @@ def recovery_report(
         "num_samples": n,
         "num_recovered_slots": int(cnt.sum()),
         "error": {k: (err_sum[k] / err_cnt[k] if err_cnt[k] else None) for k in names},
-        "error_kind": {s.name: ("token_mismatch_rate" if s.kind == "text" else "mse") for s in dataset.specs},
+        "error_kind": {s.name: s.kind_object.error_name for s in dataset.specs},
         "coherence": {
             "overall": acc(corr, cnt),
             "by_modality": {k: acc(corr[j], cnt[j]) for j, k in enumerate(names)},
@@ -417,7 +361,7 @@ def coherence_warnings(report: dict[str, Any]) -> list[str]:
 def save_grid(original: MultimodalBatch, recovered: MultimodalBatch, specs: list[ModalitySpec], path: str | os.PathLike) -> bool:
     """PNG: per sample a row of originals and a row of recoveries (image modalities only).
     Observed cells are titled in green, recovered ones in red. Returns False if no images."""
-    images = [s for s in specs if s.kind == "image"]
+    images = [s for s in specs if len(original) and s.kind_object.picture(original.data[s.name][0]) is not None]
     if not images or len(original) == 0:
         return False
     import matplotlib
@@ -434,7 +378,8 @@ def save_grid(original: MultimodalBatch, recovered: MultimodalBatch, specs: list
             seen = bool(original.observed[i, j])
             for r, (src, label) in enumerate(((original, "true"), (recovered, "observed" if seen else "recovered"))):
                 ax = axes[2 * i + r, c]
-                img = src.data[spec.name][i].detach().float().clamp(0, 1).permute(1, 2, 0).numpy()
+                img = spec.kind_object.picture(src.data[spec.name][i])
+                assert img is not None
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -63,17 +63,17 @@ class _TableImputer(Recoverer):
         """``(modality, column slice)`` of every vector modality in the table."""
         out, start = [], 0
         for s in self.specs:
-            if s.kind == "vector":
+            if s.kind_object.tabular:
                 out.append((s.name, slice(start, start + s.shape[0])))
                 start += s.shape[0]
         return out
 
     @property
     def num_columns(self) -> int:
-        return sum(s.shape[0] for s in self.specs if s.kind == "vector")
+        return sum(s.shape[0] for s in self.specs if s.kind_object.tabular)
 
     def _fit(self, train: MultimodalDataset, progress: bool) -> None:
-        if not any(s.kind == "vector" for s in self.specs):
+        if not any(s.kind_object.tabular for s in self.specs):
             raise ConfigError(
                 f"{self.name}: imputers recover vector modalities, and dataset {train.name!r} has none "
                 f"(kinds: {[s.kind for s in self.specs]})"
@@ -101,7 +101,7 @@ class _TableImputer(Recoverer):
     def _table(self, batch: MultimodalBatch) -> np.ndarray:
         parts = []
         for j, spec in enumerate(self.specs):
-            if spec.kind != "vector":
+            if not spec.kind_object.tabular:
                 continue
             x = batch.data[spec.name].detach().cpu().double().numpy().copy()
             x[~batch.observed[:, j].cpu().numpy()] = np.nan  # whatever a missing slot held
@@ -114,7 +114,7 @@ class _TableImputer(Recoverer):
         self.check_batch(batch)
         for j, spec in enumerate(self.specs):
             miss = ~batch.observed[:, j]
-            if spec.kind != "vector" and miss.any():
+            if not spec.kind_object.tabular and miss.any():
                 raise DataError(
                     f"{self.name}: sample {int(torch.nonzero(miss).flatten()[0])} misses {spec.kind} "
                     f"modality {spec.name!r}; table imputers recover vector modalities only"

@@ -43,12 +43,16 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.data.specs import ModalitySpec, specs_to_list
 from dymo.errors import BundleError, ConfigError, DataError
+from dymo.models.image import ImageDecoder, ImageEncoder  # noqa: F401  (re-exported: the networks moved to models/)
+from dymo.models.networks import build_network
+from dymo.models.text import TextDecoder, TextEncoder  # noqa: F401
+from dymo.models.vae import Standardizer
+from dymo.models.vector import VectorDecoder, VectorEncoder  # noqa: F401
 from dymo.recovery.base import (
     Recoverer,
     RecovererConfig,
@@ -62,7 +66,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "mopoe_checkpoint.safetensors"
 CHECKPOINT_FORMAT = 1
-_LOG_2PI = math.log(2 * math.pi)
 
 
 #: Named settings for :class:`MoPoEConfig`: ``cpu`` (the defaults) and ``paper`` (the authors').
@@ -147,134 +150,6 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
     return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)
 
 
-# -- networks --------------------------------------------------------------------------------
-
-
-def _conv_sizes(size: tuple[int, int], n: int) -> list[tuple[int, int]]:
-    """Spatial sizes after each 3x3 stride-2 pad-1 conv, input size first."""
-    sizes = [size]
-    for _ in range(n):
-        h, w = sizes[-1]
-        sizes.append(((h - 1) // 2 + 1, (w - 1) // 2 + 1))
-    return sizes
-
-
-class ImageEncoder(nn.Module):
-    """3x3 stride-2 convs (the authors' PolyMNIST encoder: 3->32->64->128, ReLU), then one
-    linear layer to ``(mu, logvar)``."""
-
-    def __init__(self, shape: tuple[int, ...], channels: tuple[int, ...], latent_dim: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = shape[0]
-        for out in channels:
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), nn.ReLU()]
-            c = out
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        h, w = _conv_sizes((shape[1], shape[2]), len(channels))[-1]
-        self.head = nn.Linear(c * h * w, 2 * latent_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.head(self.features(x)).chunk(2, dim=-1)
-        return mu, logvar
-
-
-class ImageDecoder(nn.Module):
-    """Mirror of :class:`ImageEncoder` with transposed convs (output padding chosen so any
-    input size is reproduced exactly); returns the pixel means in [0, 1]."""
-
-    def __init__(self, shape: tuple[int, ...], channels: tuple[int, ...], latent_dim: int) -> None:
-        super().__init__()
-        sizes = _conv_sizes((shape[1], shape[2]), len(channels))
-        h, w = sizes[-1]
-        self.grid = (channels[-1], h, w)
-        self.fc = nn.Sequential(nn.Linear(latent_dim, channels[-1] * h * w), nn.ReLU())
-        outs = [shape[0], *channels[:-1]]
-        layers: list[nn.Module] = []
-        for i in reversed(range(len(channels))):
-            (th, tw), (ih, iw) = sizes[i], sizes[i + 1]
-            pad = (th - (2 * ih - 1), tw - (2 * iw - 1))
-            layers.append(nn.ConvTranspose2d(channels[i], outs[i], 3, stride=2, padding=1, output_padding=pad))
-            if i > 0:
-                layers.append(nn.ReLU())
-        self.deconv = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.deconv(self.fc(z).view(-1, *self.grid)))
-
-
-class VectorEncoder(nn.Module):
-    def __init__(self, features: int, hidden: int, latent_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim)
-        )
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.net(x).chunk(2, dim=-1)
-        return mu, logvar
-
-
-class VectorDecoder(nn.Module):
-    """Returns the mean of standardised features."""
-
-    def __init__(self, features: int, hidden: int, latent_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, features)
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
-
-
-class TextEncoder(nn.Module):
-    """Token embedding (0 = padding) + two 1-D convs, max-pooled over positions."""
-
-    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, latent_dim: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
-        self.conv = nn.Sequential(
-            nn.Conv1d(embed_dim, hidden, 3, padding=1), nn.ReLU(), nn.Conv1d(hidden, hidden, 3, padding=1), nn.ReLU()
-        )
-        self.head = nn.Linear(hidden, 2 * latent_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.conv(self.embed(x.clamp_min(0)).transpose(1, 2)).amax(dim=-1)
-        mu, logvar = self.head(h).chunk(2, dim=-1)
-        return mu, logvar
-
-
-class TextDecoder(nn.Module):
-    """Returns logits ``[B, L, vocab]``."""
-
-    def __init__(self, length: int, vocab_size: int, hidden: int, latent_dim: int) -> None:
-        super().__init__()
-        self.shape = (length, vocab_size)
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, length * vocab_size))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, *self.shape)
-
-
-class Standardizer(nn.Module):
-    """Per-feature mean/std of a vector modality (buffers, saved with the weights)."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(features))
-        self.register_buffer("std", torch.ones(features))
-
-    def set(self, array: np.ndarray) -> None:
-        a = np.asarray(array, dtype=np.float64)
-        mean = np.nanmean(a, axis=0) if a.size else np.zeros(a.shape[1:])
-        std = np.nanstd(a, axis=0) if a.size else np.ones(a.shape[1:])
-        std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.std.copy_(torch.as_tensor(std, dtype=torch.float32))
-
-
 class LossTerms(NamedTuple):
     """Batch means: ``loss = rec + beta * kl_weight * kl``; ``rec`` is the negative
     log-likelihood summed over modalities and elements, ``kl`` the mean over subsets."""
@@ -292,22 +167,16 @@ class MoPoEModel(nn.Module):
         super().__init__()
         self.specs = list(specs)
         self.config = config
-        d, h = config.latent_dim, config.hidden_dim
+        d = config.latent_dim
         enc: dict[str, nn.Module] = {}
         dec: dict[str, nn.Module] = {}
         scalers: dict[str, nn.Module] = {}
         for s in self.specs:
-            if s.kind == "image":
-                enc[s.name] = ImageEncoder(s.shape, config.image_channels, d)
-                dec[s.name] = ImageDecoder(s.shape, config.image_channels, d)
-            elif s.kind == "vector":
-                enc[s.name] = VectorEncoder(s.shape[0], h, d)
-                dec[s.name] = VectorDecoder(s.shape[0], h, d)
+            enc[s.name] = build_network(s, "vae-encoder", config, d)
+            dec[s.name] = build_network(s, "vae-decoder", config, d)
+            if s.kind_object.tabular:
                 scalers[s.name] = Standardizer(s.shape[0])
-            else:
-                assert s.vocab_size is not None
-                enc[s.name] = TextEncoder(s.vocab_size, config.text_embed_dim, h, d)
-                dec[s.name] = TextDecoder(s.shape[0], s.vocab_size, h, d)
+        self.likelihoods = {s.name: build_network(s, "vae-likelihood", config) for s in self.specs}
         self.encoders = nn.ModuleDict(enc)
         self.decoders = nn.ModuleDict(dec)
         self.scalers = nn.ModuleDict(scalers)
@@ -335,25 +204,15 @@ class MoPoEModel(nn.Module):
 
     def nll(self, spec: ModalitySpec, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-sample negative log-likelihood (summed over elements); ``x`` in network units."""
-        cfg = self.config
-        if spec.kind == "text":
-            return F.cross_entropy(params.transpose(1, 2), x.clamp_min(0), reduction="none").sum(-1)
-        if spec.kind == "image" and cfg.image_likelihood == "laplace":
-            b = cfg.likelihood_scale
-            per = (x - params).abs() / b + math.log(2 * b)
-        else:
-            s = cfg.likelihood_scale if spec.kind == "image" else cfg.vector_scale
-            per = 0.5 * ((x - params) / s).pow(2) + math.log(s) + 0.5 * _LOG_2PI
-        return per.flatten(1).sum(-1)
+        return self.likelihoods[spec.name].nll(params, x)
 
     def to_output(self, spec: ModalitySpec, params: torch.Tensor) -> torch.Tensor:
         """Likelihood parameters -> a recovery in model-input units and dtype."""
-        if spec.kind == "text":
-            return params.argmax(-1)
+        out = self.likelihoods[spec.name].output(params)
         if spec.name in self.scalers:
             sc = self.scalers[spec.name]
-            return params * sc.std + sc.mean
-        return params
+            return out * sc.std + sc.mean
+        return out
 
     # -- joint -----------------------------------------------------------------------------
     def encode_all(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

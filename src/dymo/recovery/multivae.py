@@ -17,8 +17,9 @@ MultiVae imports torchvision at import time, so the extra needs a torch/torchvis
 load together (``torch==2.14.1 torchvision==0.29.1``; see ``docs/recovery.md``).
 
 Networks. MultiVae's PolyMNIST architectures are fixed to 3x28x28 inputs, so the encoders and
-decoders here are dymo's shape-generic MoPoE networks (:mod:`dymo.recovery.mopoe`: 3x3
-stride-2 convolutions for images, MLPs for vectors), wrapped in the pythae base classes
+decoders here are dymo's shape-generic VAE networks (roles ``vae-encoder`` / ``vae-decoder`` of
+:mod:`dymo.models.networks`: 3x3 stride-2 convolutions for images, MLPs for vectors), wrapped in
+the pythae base classes (:mod:`dymo.recovery.multivae_config`)
 MultiVae expects. One trunk per modality outputs both the shared ``(mu, logvar)`` and the
 private ``(style_mu, style_logvar)``; the decoders take ``[z, w_m]``. Images are float CHW in
 [0, 1] with a Laplace (default, scale 0.75) or Gaussian likelihood on the sigmoid decoder mean;
@@ -58,14 +59,12 @@ custom architectures.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import math
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,160 +73,27 @@ from torch import nn
 from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
 from dymo.errors import BundleError, ConfigError, DataError
+from dymo.models.networks import build_network
+from dymo.models.vae import Standardizer
 from dymo.recovery.base import (
     Recoverer,
-    RecovererConfig,
     complete_rows,
     group_by_pattern,
     require_weights,
 )
-from dymo.recovery.mopoe import (
-    ImageDecoder,
-    ImageEncoder,
-    Standardizer,
-    VectorDecoder,
-    VectorEncoder,
-    _epoch_seed,
+from dymo.recovery.mopoe import _epoch_seed
+from dymo.recovery.multivae_config import (  # noqa: F401  (re-exported: the extra's setup lives there)
+    INSTALL_HINT,
+    MODEL_KINDS,
+    MultiVaeConfig,
+    MultiVaeUnavailableError,
+    _network_classes,
+    import_multivae,
+    multivae_version,
 )
 from dymo.training.engine import FitConfig, fit_module
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'dymo[multivae]' (needs torch==2.14.1 torchvision==0.29.1; see docs/recovery.md)"
-
-#: config ``model`` -> recoverer kind (registry name)
-MODEL_KINDS: dict[str, str] = {"mmvae_plus": "mmvae-plus", "cmvae": "cmvae"}
-#: loss used when ``loss="auto"``: the settings of MultiVae's PolyMNIST reproductions
-_AUTO_LOSS: dict[str, str] = {"mmvae_plus": "dreg_looser", "cmvae": "iwae_looser"}
-
-
-class MultiVaeUnavailableError(ConfigError, ImportError):
-    """MultiVae (or the torchvision it imports) cannot be imported here."""
-
-
-def import_multivae() -> Any:
-    """Import and return the ``multivae`` package, or raise :class:`MultiVaeUnavailableError`.
-
-    Any failure counts (a missing package, or a torchvision that does not load beside this
-    torch), and the message says how to install the extra.
-    """
-    try:
-        import multivae
-
-        importlib.import_module("multivae.models")
-    except Exception as e:  # ImportError, or torchvision's RuntimeError/OSError on a torch mismatch
-        raise MultiVaeUnavailableError(
-            f"the MultiVae recoverers (mmvae-plus, cmvae) need the multivae package, which could "
-            f"not be imported ({type(e).__name__}: {e}); install it with: {INSTALL_HINT}"
-        ) from e
-    return multivae
-
-
-def multivae_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("multivae")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-@dataclass
-class MultiVaeConfig(RecovererConfig):
-    """Options of the MultiVae recoverers.
-
-    ``model``: ``"mmvae_plus"`` or ``"cmvae"`` (set by the recoverer kind: ``mmvae-plus`` /
-    ``cmvae``). The defaults follow MultiVae's and the DyMo authors' PolyMNIST settings where
-    they apply: shared and private latents of 32 dims (``latent_dim``, ``modality_dim``),
-    ``K = 1``, ``beta = 2.5``, Laplace posteriors (``laplace_with_softmax``), Laplace image
-    likelihood with scale 0.75, 40 clusters for CMVAE, lr 1e-3. ``loss="auto"`` is
-    ``dreg_looser`` for MMVAE+ and ``iwae_looser`` for CMVAE. ``epochs = 0`` builds and
-    initialises the model (and the vector statistics) without training.
-    """
-
-    model: Literal["mmvae_plus", "cmvae"] = "mmvae_plus"
-    latent_dim: int = 32
-    modality_dim: int = 32
-    K: int = 1
-    beta: float = 2.5
-    loss: Literal["auto", "dreg_looser", "iwae_looser"] = "auto"
-    prior_and_posterior_dist: Literal["laplace_with_softmax", "normal_with_softplus", "normal"] = "laplace_with_softmax"
-    reconstruction_option: Literal["joint_prior", "single_prior"] = "joint_prior"
-    number_of_clusters: int = 40
-    likelihood_rescaling: bool = False
-    image_likelihood: Literal["laplace", "normal"] = "laplace"
-    likelihood_scale: float = 0.75
-    vector_scale: float = 1.0
-    image_channels: tuple[int, ...] = (32, 64, 128)
-    hidden_dim: int = 256
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    trainer: Literal["dymo", "multivae"] = "dymo"
-    seed: int = 0
-
-    def validate(self) -> None:
-        for key in ("latent_dim", "modality_dim", "K", "number_of_clusters", "hidden_dim", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"multivae: {key} must be >= 1, got {getattr(self, key)}")
-        if self.epochs < 0:
-            raise ConfigError(f"multivae: epochs must be >= 0, got {self.epochs}")
-        for key in ("likelihood_scale", "vector_scale", "lr"):
-            value = getattr(self, key)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"multivae: {key} must be a finite number > 0, got {value}")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"multivae: beta must be a finite number >= 0, got {self.beta}")
-        if not self.image_channels or min(self.image_channels) < 1:
-            raise ConfigError(f"multivae: image_channels must be a non-empty list of positive ints, got {self.image_channels}")
-
-    @property
-    def resolved_loss(self) -> str:
-        return _AUTO_LOSS[self.model] if self.loss == "auto" else self.loss
-
-
-# -- networks (built lazily: they subclass pythae's base classes) ---------------------------
-
-
-def _network_classes() -> tuple[type[nn.Module], type[nn.Module]]:
-    """``(Encoder, Decoder)`` wrappers around dymo's MoPoE networks, as MultiVae expects them:
-    a multi-latent encoder returning ``embedding``/``log_covariance`` (shared) and
-    ``style_embedding``/``style_log_covariance`` (private), and a decoder returning
-    ``reconstruction``."""
-    import_multivae()
-    from multivae.models.nn.base_architectures import BaseMultilatentEncoder
-    from pythae.models.base.base_utils import ModelOutput
-    from pythae.models.nn.base_architectures import BaseDecoder
-
-    class Encoder(BaseMultilatentEncoder):
-        def __init__(self, net: nn.Module, latent_dim: int, style_dim: int) -> None:
-            BaseMultilatentEncoder.__init__(self)
-            self.net = net
-            self.latent_dim = latent_dim
-            self.style_dim = style_dim
-
-        def forward(self, x: torch.Tensor) -> Any:
-            mu, logvar = self.net(x)
-            d = self.latent_dim
-            return ModelOutput(
-                embedding=mu[..., :d],
-                log_covariance=logvar[..., :d],
-                style_embedding=mu[..., d:],
-                style_log_covariance=logvar[..., d:],
-            )
-
-    class Decoder(BaseDecoder):
-        def __init__(self, net: nn.Module) -> None:
-            BaseDecoder.__init__(self)
-            self.net = net
-
-        def forward(self, z: torch.Tensor) -> Any:
-            lead = z.shape[:-1]
-            out = self.net(z.reshape(-1, z.shape[-1]))
-            return ModelOutput(reconstruction=out.reshape(*lead, *out.shape[1:]))
-
-    return Encoder, Decoder
-
 
 # -- the recoverer ---------------------------------------------------------------------------
 
@@ -274,15 +140,14 @@ class MultiVaeRecoverer(Recoverer):
 
         cfg = self.config
         names = [s.name for s in self.specs]
+        likelihoods = [(s, build_network(s, "vae-likelihood", cfg)) for s in self.specs]
         common: dict[str, Any] = dict(
             n_modalities=len(names),
             latent_dim=cfg.latent_dim,
             input_dims={s.name: tuple(s.shape) for s in self.specs},
             uses_likelihood_rescaling=cfg.likelihood_rescaling,
-            decoders_dist={s.name: (cfg.image_likelihood if s.kind == "image" else "normal") for s in self.specs},
-            decoder_dist_params={
-                s.name: {"scale": cfg.likelihood_scale if s.kind == "image" else cfg.vector_scale} for s in self.specs
-            },
+            decoders_dist={s.name: lik.dist for s, lik in likelihoods},
+            decoder_dist_params={s.name: {"scale": lik.scale} for s, lik in likelihoods},
             K=cfg.K,
             prior_and_posterior_dist=cfg.prior_and_posterior_dist,
             learn_modality_prior=True,
@@ -302,8 +167,11 @@ class MultiVaeRecoverer(Recoverer):
 
         cfg = self.config
         for s in self.specs:
-            if s.kind == "text":
-                raise DataError(f"{self.name}: modality {s.name!r} is text; the MultiVae recoverers support image and vector modalities")
+            if not build_network(s, "vae-likelihood", cfg).continuous:
+                raise DataError(
+                    f"{self.name}: modality {s.name!r} is {s.kind}; the MultiVae recoverers support modalities with a "
+                    "continuous likelihood (image and vector)"
+                )
         Encoder, Decoder = _network_classes()
         width = cfg.latent_dim + cfg.modality_dim
         with torch.random.fork_rng(devices=[]):
@@ -312,12 +180,9 @@ class MultiVaeRecoverer(Recoverer):
             decoders: dict[str, nn.Module] = {}
             scalers: dict[str, nn.Module] = {}
             for s in self.specs:
-                if s.kind == "image":
-                    enc: nn.Module = ImageEncoder(s.shape, cfg.image_channels, width)
-                    dec: nn.Module = ImageDecoder(s.shape, cfg.image_channels, width)
-                else:
-                    enc = VectorEncoder(s.shape[0], cfg.hidden_dim, width)
-                    dec = VectorDecoder(s.shape[0], cfg.hidden_dim, width)
+                enc = build_network(s, "vae-encoder", cfg, width)
+                dec = build_network(s, "vae-decoder", cfg, width)
+                if s.kind_object.tabular:
                     scalers[s.name] = Standardizer(s.shape[0])
                 encoders[s.name] = Encoder(enc, cfg.latent_dim, cfg.modality_dim)
                 decoders[s.name] = Decoder(dec)

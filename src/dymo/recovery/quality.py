@@ -22,17 +22,16 @@ sample gets which draw.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dymo.data.batch import MultimodalBatch, zero_nan_values
+from dymo.data.batch import MultimodalBatch
 from dymo.data.dataset import MultimodalDataset
+from dymo.data.kinds import gaussian_blur  # noqa: F401  (re-exported: it moved to the image kind)
 from dymo.data.specs import ModalitySpec
 from dymo.errors import BundleError, ConfigError, DataError
 from dymo.recovery.base import Recoverer, RecovererConfig, TrainingData, merge_recovered
@@ -161,7 +160,7 @@ class ControlledQualityRecoverer(_Wrapper):
         self._present = torch.nonzero(self._counts > 0).flatten()
         self._feature_std: dict[str, torch.Tensor] = {}
         for s in self.specs:
-            if s.kind == "vector":
+            if s.kind_object.tabular:
                 arr = np.asarray(data.dataset.arrays[s.name], dtype=np.float64)
                 self._feature_std[s.name] = torch.from_numpy(np.nanstd(arr, axis=0)).float()
 
@@ -222,19 +221,7 @@ class ControlledQualityRecoverer(_Wrapper):
         return self._order[self._starts[cls] + off]
 
     def _low_fidelity(self, spec: ModalitySpec, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        cfg = self.config
-        if spec.kind == "image":
-            if cfg.noise == "blur":
-                return gaussian_blur(x.float(), cfg.blur_sigma)
-            noise = torch.randn(x.shape, generator=g)
-            return (x.float() + cfg.noise_std * noise.to(x.device)).clamp(0.0, 1.0)
-        if spec.kind == "vector":
-            noise = torch.randn(x.shape, generator=g)
-            std = self._feature_std[spec.name].to(x.device)
-            return zero_nan_values(x.float()) + cfg.noise_std * std * noise.to(x.device)
-        swap = torch.rand(x.shape, generator=g) < cfg.token_noise
-        tokens = torch.randint(1, int(spec.vocab_size or 2), x.shape, generator=g)
-        return torch.where(swap.to(x.device) & (x != 0), tokens.to(x.device), x)
+        return spec.kind_object.degrade(x, spec, self.config, g, self._feature_std.get(spec.name))
 
     def state(self) -> dict[str, torch.Tensor]:
         return {}
@@ -250,19 +237,6 @@ class ControlledQualityRecoverer(_Wrapper):
             raise BundleError(f"{path}: config.json has no training-data reference")
         self._load_inner(path, train)
         self._set_training(TrainingData.load(path, extra["train_data"], self.specs, self.class_names, train=train))
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of images ``[B, C, H, W]`` (replicate padding, any size)."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    y = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.pad(y, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 # -- shuffled ------------------------------------------------------------------------------

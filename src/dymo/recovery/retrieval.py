@@ -115,14 +115,16 @@ class RetrievalRecoverer(Recoverer):
         #: training-row index used for each sample of the last ``recover`` call (-1: none needed)
         self.last_neighbors: torch.Tensor | None = None
         self._emb: torch.Tensor | None = None  # derived search tables, see _prepare
+        self.fit_device = torch.device("cpu")  # where fit trains the embedder (see to())
 
     # -- fitting ---------------------------------------------------------------------------
     def _fit(self, train: MultimodalDataset, progress: bool) -> None:
         data = TrainingData(train)
         data.check_storable(self.config.max_embedded_mb, "retrieval")
-        self.embedder = UnimodalClassifier(self.specs, self.class_names, self.config.embedder_config())
+        self.embedder = UnimodalClassifier(self.specs, self.class_names, self.config.embedder_config()).to(self.fit_device)
         self.embedder.fit(train, progress=progress, description="retrieval embedder")
-        self.train_embeddings = self.embedder.embed_dataset(train, progress=progress, dtype=torch.float16)
+        self.train_embeddings = self.embedder.embed_dataset(train, progress=progress, dtype=torch.float16).cpu()
+        self.embedder.to("cpu")  # the search runs on the CPU
         if not train.observed.all():
             self.train_embeddings[~torch.from_numpy(np.asarray(train.observed))] = 0  # see the module doc
         self._emb = None
@@ -246,8 +248,9 @@ class RetrievalRecoverer(Recoverer):
         return filled
 
     def to(self, device: torch.device | str) -> RetrievalRecoverer:
-        if str(device) != "cpu":
-            log.warning("retrieval recovery runs on the CPU; ignoring device %s", device)
+        """The embedder of a later :meth:`fit` trains on ``device``; the search (and so
+        :meth:`recover`) always runs on the CPU."""
+        self.fit_device = torch.device(device)
         return self
 
     # -- persistence -----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """DyMo's inference-time selection: calibration statistics, the label-free reward and the
 per-sample greedy search (plus the ablation variants)."""
 
-from dymo.selection.calibration import Calibration, LazyCalibration, compute_calibration
+from dymo.selection.calibration import Calibration, compute_calibration
+from dymo.selection.lazy_calibration import LazyCalibration
 from dymo.selection.reward import gain, ics, quality, reward
 from dymo.selection.selector import (
     METHODS,

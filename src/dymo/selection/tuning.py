@@ -43,12 +43,17 @@ def tune_threshold(
     recoverer_name: str = "",
     on_batch: Callable[[int], None] | None = None,
 ) -> ThresholdTuning:
-    """Choose tau per number of observed modalities on ``val`` (a complete
+    """Choose tau per number of observed modalities on ``val`` (a
     :class:`MultimodalDataset`, NOT the test split) under simulated missingness.
 
     For every scenario and mask seed: hide modalities, recover them once, encode once, run the
     selection with each grid value and count correct predictions per number of observed
     modalities. Returns the :class:`ThresholdTuning` (attach it to the calibration to use it).
+
+    An incomplete ``val`` (training data with missing modalities) works too: the simulated
+    mask is intersected with what each sample observes, and a sample the intersection leaves
+    empty keeps one of its own modalities (drawn with the mask's seed). Its missing slots are
+    recovered like the hidden ones and never read otherwise.
     """
     from dymo.data.scenarios import scenario_mask
     from dymo.selection.selector import SelectionConfig, select_with_backbone
@@ -63,8 +68,12 @@ def tune_threshold(
     n, mods = len(val), tuple(val.modalities)
     if n == 0:
         raise DataError("tune_threshold: the validation set is empty")
-    if not bool(np.asarray(val.observed).all()):
-        raise DataError("tune_threshold: the validation set must be complete (missingness is simulated on it)")
+    have = torch.from_numpy(np.asarray(val.observed, dtype=bool))
+    if not bool(have.all()) and getattr(recoverer, "reads_missing", False):
+        raise DataError(
+            f"tune_threshold: the validation set misses modalities, and the recoverer {recoverer_name or getattr(recoverer, 'name', type(recoverer).__name__)!r} "
+            "reads the true missing data (experiment-only); it needs a complete validation set"
+        )
     m = len(mods)
     correct = np.zeros((m, len(grid)), dtype=np.int64)
     counts = np.zeros(m, dtype=np.int64)
@@ -73,7 +82,7 @@ def tune_threshold(
     device = next(backbone.parameters()).device
     for scenario in scenarios:
         for seed in seeds:
-            obs_all = scenario_mask(scenario, n, mods, seed + SEED_OFFSET)
+            obs_all = within_observed(scenario_mask(scenario, n, mods, seed + SEED_OFFSET), have, seed + SEED_OFFSET)
             for start in range(0, n, batch_size):
                 idx = np.arange(start, min(start + batch_size, n))
                 full = val.batch(idx).with_observed(obs_all[idx])
@@ -120,3 +129,18 @@ def tune_threshold(
         thresholds=taus, method=method, grid=grid, scenarios=list(scenarios), seeds=[int(s) for s in seeds],
         n_val=n, recoverer=recoverer_name, correct=correct.tolist(), counts=counts.tolist(), added_temperature=temperature,
     )
+
+
+def within_observed(simulated: torch.Tensor, have: torch.Tensor, seed: int) -> torch.Tensor:
+    """``simulated & have`` (bool ``[N, M]``), where a row the intersection leaves with nothing
+    keeps one of the modalities it has, drawn uniformly with ``seed``. With a complete ``have``
+    this is ``simulated``."""
+    obs = simulated & have
+    empty = ~obs.any(1) & simulated.any(1) & have.any(1)
+    if bool(empty.any()):
+        g = torch.Generator().manual_seed(int(seed))
+        score = torch.rand(have.shape, generator=g).masked_fill(~have, -1.0)
+        pick = score.argmax(1)
+        rows = torch.nonzero(empty).flatten()
+        obs[rows, pick[rows]] = True
+    return obs

@@ -349,7 +349,8 @@ def _fit_and_export(
         use_distributed_sampler=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        deterministic=True,
+        # CUDA has no deterministic kernel for some ops (scatter-add, ...): warn there, do not fail
+        deterministic=True if accelerator == "cpu" else "warn",
         log_every_n_steps=10,
         num_sanity_val_steps=0,
     )

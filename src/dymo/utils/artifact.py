@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dymo.errors import BundleError, OutputError
-from dymo.utils.io import default_dir_mode, read_json
+from dymo.utils.io import default_dir_mode, read_json, read_json_object, write_json
 
 ARTIFACT_FORMAT = 1
 PREDICTIONS_HEADER = "sample,status,predicted_class"
@@ -141,6 +141,19 @@ def component_manifest(artifact: str, kind: str, **fields: Any) -> dict[str, Any
     return {"format": ARTIFACT_FORMAT, "artifact": artifact, "kind": kind, "dymo_version": dymo.__version__, **fields}
 
 
+def write_manifest(folder: Path, artifact: str, kind: str, component: Any, **fields: Any) -> None:
+    """Write ``folder/config.json`` for ``component``: its ``config``, ``specs``, ``class_names``
+    and (when it records one) ``made_from``, then ``fields``."""
+    base: dict[str, Any] = {
+        "config": component.config.to_dict(),
+        "specs": [s.to_dict() for s in component.specs],
+        "class_names": list(component.class_names),
+    }
+    if hasattr(component, "made_from"):
+        base["made_from"] = component.made_from
+    write_json(folder / "config.json", component_manifest(artifact, kind, **base, **fields))
+
+
 def read_manifest(
     folder: str | os.PathLike,
     artifact: str,
@@ -157,14 +170,7 @@ def read_manifest(
     folder = Path(folder)
     what = what or artifact
     path = folder / file
-    if not path.exists():
-        raise BundleError(f"{folder}: no {file}; not a saved {what} (or its save did not finish)")
-    try:
-        meta = read_json(path)
-    except ValueError as e:
-        raise BundleError(f"{path}: corrupt JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{path}: expected a JSON object, got {type(meta).__name__}; not a saved {what}")
+    meta = read_json_object(path, BundleError, f"{folder}: no {file}; not a saved {what} (or its save did not finish)", f"a saved {what}")
     fmt = meta.get("format", ARTIFACT_FORMAT)  # the first backbone runs recorded none
     if fmt != ARTIFACT_FORMAT:
         raise BundleError(f"{path}: {what} format {fmt!r}, this dymo reads {ARTIFACT_FORMAT}")

@@ -59,33 +59,29 @@ def _mkstemp(path: Path) -> tuple[int, str]:
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     path = Path(path)
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise _named(e, path) from e
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _temp_beside(path) as (fd, _tmp), os.fdopen(fd, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_replace_from(tmp_writer, path: str | os.PathLike) -> None:
     """Call ``tmp_writer(tmp_path)`` to write a file, then rename it onto ``path``."""
     path = Path(path)
-    fd, tmp = _mkstemp(path)
-    os.close(fd)
-    try:
+    with _temp_beside(path) as (fd, tmp):
+        os.close(fd)
         tmp_writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _temp_beside(path: Path) -> Iterator[tuple[int, str]]:
+    """A temporary file beside ``path`` (its descriptor and name): renamed onto ``path`` (with the
+    default file mode) when the block succeeds, removed when it fails; an ``OSError`` names ``path``."""
+    fd, tmp = _mkstemp(path)
+    try:
+        yield fd, tmp
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except OSError as e:
@@ -107,6 +103,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def read_json_object(path: Path, error: type[Exception], missing: str, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object. Raises ``error``: ``missing`` when the file is
+    absent, and a message naming the file when it is corrupt or not an object (``not {what}``)."""
+    if not path.exists():
+        raise error(missing)
+    try:
+        meta = read_json(path)
+    except ValueError as e:
+        raise error(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise error(f"{path}: expected a JSON object, got {type(meta).__name__}; not {what}")
+    return meta
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

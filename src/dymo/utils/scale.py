@@ -53,6 +53,30 @@ def parse_devices(text: str) -> int | str:
     return int(text) if text.strip().isdigit() else text.strip()
 
 
+def torch_device(text: str, option: str = "--device") -> torch.device:
+    """``text`` (``cpu``, ``cuda``, ``cuda:1``, ...) as a device this machine has; a
+    :class:`ConfigError` naming ``option`` otherwise."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError as e:
+        raise ConfigError(f"{option} {text!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{option} {text!r}: no CUDA device is available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{option} {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ConfigError(f"{option} {text!r}: expected cpu or cuda[:N]")
+    return dev
+
+
+def lightning_target(dev: torch.device) -> tuple[str, int | list[int]]:
+    """Lightning's ``(accelerator, devices)`` for one torch device."""
+    if dev.type == "cuda":
+        return "gpu", [dev.index or 0]
+    return "cpu", 1
+
+
 class _Chunks(Dataset):
     def __init__(self, n: int) -> None:
         self.n = n
