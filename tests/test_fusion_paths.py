@@ -17,6 +17,7 @@ from dymo.selection import SelectionConfig, compute_calibration, select, select_
 
 KINDS = ("image", "vector", "image", "vector", "vector")
 SIGNAL = [0.9, 0.3, 0.6, 0.1, 0.8]
+pytestmark = pytest.mark.numerics
 
 
 def _setup(depth: int, metric: str):
@@ -70,10 +71,12 @@ def test_search_with_prepared_tables_makes_the_module_paths_decisions(depth, met
     dd = 4e-6 if metric == "cosine" else 4e-6 * float(cal.sigma[1:].max())
     atol = 0.8 * dd / float(cal.sigma[1:].min())
     torch.testing.assert_close(fast.candidate_ics[evaluated], ref.candidate_ics[evaluated], rtol=0, atol=atol)
-    # Rewards where no ICS ratio enters (G = 1 on both paths) are differences of qualities.
+    # Rewards where no ICS ratio enters (G = 1 on both paths) are differences of qualities: each
+    # quality moves by at most the 1e-5 floor of reward_rounding_bound (2.4e-6 seen under
+    # MKL_CBWR=SSE4_2), so the difference by at most 1e-5 too.
     plain = evaluated & (ref.gain_history == 1) & (fast.gain_history == 1)
     assert bool(plain.any())
-    torch.testing.assert_close(fast.reward_history[plain], ref.reward_history[plain], rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(fast.reward_history[plain], ref.reward_history[plain], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("depth", [1, 2])
