@@ -188,3 +188,17 @@ def test_multivae_objective_drives_the_model_like_its_trainer(data, monkeypatch)
     assert calls[3][2] == pytest.approx(float(torch.rand(())))  # epoch 2's first draw
     assert model.updates == 2 and [h["epoch"] for h in history] == [1, 2]
     assert np.isfinite(history[-1]["loss"])
+
+
+def test_deterministic_mode_is_strict_off_the_gpu(monkeypatch):
+    """Deterministic algorithms are required on the CPU; on a GPU (named, or found by "auto")
+    an op without a deterministic CUDA kernel only warns."""
+    import torch
+
+    from dymo.training.engine import deterministic_mode
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert deterministic_mode("cpu") is True and deterministic_mode("auto") is True
+    assert deterministic_mode("gpu") == "warn" and deterministic_mode("cuda") == "warn"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert deterministic_mode("auto") == "warn" and deterministic_mode("cpu") is True

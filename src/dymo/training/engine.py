@@ -95,6 +95,15 @@ class FitConfig(Config):
             raise ConfigError("FitConfig: max_train_samples must be >= 1 (or null)")
 
 
+def deterministic_mode(accelerator: str) -> bool | str:
+    """Lightning's ``deterministic`` for ``accelerator``: deterministic algorithms everywhere,
+    but on a GPU only a warning where CUDA has no deterministic kernel (scatter-add, ...)."""
+    import torch
+
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "warn" if gpu else True
+
+
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     """A seed per (run seed, epoch, stream) so a resumed epoch replays the same randomness."""
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
@@ -350,8 +359,7 @@ def fit_module(
             enable_model_summary=False,
             num_sanity_val_steps=0,
             limit_val_batches=1.0 if scored else 0,
-            # CUDA has no deterministic kernel for some ops (scatter-add, ...): warn there, do not fail
-            deterministic=True if accelerator == "cpu" else "warn",
+            deterministic=deterministic_mode(accelerator),
         )
         trainer.fit(engine)
         if engine.best_state is not None:

@@ -36,7 +36,7 @@ from dymo.data.specs import specs_from_list, specs_to_list
 from dymo.errors import BundleError, ConfigError
 from dymo.models.backbone import BackboneConfig, FlexibleBackbone
 from dymo.training.config import TrainConfig
-from dymo.training.engine import TrainingDiverged
+from dymo.training.engine import TrainingDiverged, deterministic_mode
 from dymo.training.module import BackboneModule
 from dymo.training.subsets import subset_accuracy_summary
 from dymo.utils.artifact import component_manifest, load_weights, read_manifest
@@ -349,8 +349,7 @@ def _fit_and_export(
         use_distributed_sampler=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        # CUDA has no deterministic kernel for some ops (scatter-add, ...): warn there, do not fail
-        deterministic=True if accelerator == "cpu" else "warn",
+        deterministic=deterministic_mode(accelerator),
         log_every_n_steps=10,
         num_sanity_val_steps=0,
     )
