@@ -230,6 +230,14 @@ def test_tuning_picks_the_validation_best_per_count_and_never_reads_other_labels
         ok = (pred == labels) & (k_obs < M)
         assert [int(ok[k_obs == k].sum()) for k in range(M)] == correct[:, j].tolist()
     assert val.batches == math.ceil(B / 16)  # one pass over the validation data, nothing else
+    # the blend weight and temperature: fitted on the samples the tuned rule lets add a recovery
+    from dymo.selection.acceptance import pick_blend
+
+    res = select(table, obs, ~obs, table.cal, SelectionConfig(threshold=tuned.thresholds, added_weight=1.0, added_temperature=1.0))
+    add = (res.steps > 0) & (k_obs < M)
+    assert bool(add.any())
+    expected = pick_blend(res.logits[add], res.observed_logits[add], labels[add])
+    assert (tuned.added_weight, tuned.added_temperature) == expected
 
 
 def test_tuning_refuses_bad_inputs():
@@ -425,6 +433,67 @@ def test_added_temperature_softens_only_samples_that_added_a_recovery():
     with pytest.raises(ConfigError, match="added_temperature"):
         SelectionConfig(added_temperature=0.0)
     assert ThresholdTuning.from_json(tuned.to_json()).added_temperature == 3.0
+
+
+def test_added_weight_blends_the_used_and_the_observed_logits_of_samples_that_added():
+    table, obs = Table(), observed_mask(allow_empty=True)
+    tuned = _tuning([0.0] * M)
+    tuned.added_weight = 0.25
+    table.cal.threshold = tuned
+    res = run(table, obs, threshold=0.0, added_temperature=1.0)  # the "calibrated" weight, 0.25
+    plain = run(table, obs, threshold=0.0, added_temperature=1.0, added_weight=1.0)
+    added, seen = res.steps > 0, obs.any(1)
+    blend = added & seen
+    assert bool(blend.any()) and bool((added & ~seen).any()) and bool((~added).any())
+    # the decisions do not change; only the prediction of a sample that added a recovery and
+    # observes something mixes in its observed modalities' logits
+    assert torch.equal(res.used, plain.used) and torch.equal(res.steps, plain.steps)
+    assert torch.equal(res.logits[~blend], plain.logits[~blend])
+    torch.testing.assert_close(res.logits[blend], 0.25 * plain.logits[blend] + 0.75 * plain.observed_logits[blend])
+    assert bool(torch.isnan(plain.observed_logits[~seen]).all()) and not bool(torch.isnan(plain.observed_logits[seen]).any())
+    # the observed logits are the fusion of the observed modalities alone
+    filled = obs.clone()
+    filled[~seen, 0] = True  # discard needs something observed in every row
+    solo = run(table, filled, method="discard", threshold=0.0)
+    torch.testing.assert_close(plain.observed_logits[seen], solo.logits[seen])
+    assert torch.equal(res.predictions, res.probabilities.argmax(1))
+    i = int(torch.nonzero(blend)[0])
+    assert res.explain(i).recovered_weight == 0.25 and "0.25 x used + 0.75 x observed only" in str(res.explain(i))
+    assert res.explain(int(torch.nonzero(~added)[0])).to_dict()["recovered_weight"] == 1.0
+    # weight 0 gives discard's prediction back on those samples
+    zero = run(table, obs, threshold=0.0, added_temperature=1.0, added_weight=0.0)
+    torch.testing.assert_close(zero.logits[blend], plain.observed_logits[blend])
+    with pytest.raises(ConfigError, match="added_weight"):
+        SelectionConfig(added_weight=1.5)
+    assert ThresholdTuning.from_json(tuned.to_json()).added_weight == 0.25
+    bad = tuned.to_dict() | {"added_weight": -0.1}
+    with pytest.raises(BundleError, match="added_weight"):
+        ThresholdTuning.from_dict(bad)
+    old = {k: v for k, v in tuned.to_dict().items() if k != "added_weight"}  # a rule saved before the weight
+    assert ThresholdTuning.from_dict(old).added_weight == 1.0
+
+
+def test_pick_blend_keeps_good_recoveries_and_falls_back_on_misleading_ones():
+    from dymo.selection.acceptance import pick_blend
+
+    g = torch.Generator().manual_seed(0)
+    n, c = 3000, 10
+    labels = torch.randint(0, c, (n,), generator=g)
+    onehot = torch.nn.functional.one_hot(labels, c).float()
+    informative = 4 * onehot + torch.randn(n, c, generator=g)
+    noise = 4 * torch.nn.functional.one_hot(torch.randint(0, c, (n,), generator=g), c).float() + torch.randn(n, c, generator=g)
+    # recoveries that help: the used mask is right, the observed modalities alone are noise
+    assert pick_blend(informative, noise, labels)[0] == 1.0
+    # recoveries that mislead: the observed modalities alone are right
+    assert pick_blend(noise, informative, labels)[0] == 0.0
+    # an equal mix of two independent, equally informative views is better than either one
+    other = 4 * onehot + torch.randn(n, c, generator=g)
+    assert pick_blend(informative, other, labels)[0] == 0.5
+    # nothing observed (NaN): those samples keep the used mask's logits, only T is fitted on them
+    logits = torch.randn(n, c, generator=g)
+    drawn = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1)
+    assert pick_blend(5 * logits, torch.full((n, c), float("nan")), drawn) == (1.0, 5.0)
+    assert pick_blend(informative[:0], noise[:0], labels[:0]) == (1.0, 1.0)
 
 
 def test_pooled_pick_departs_per_count_only_on_a_significant_gain():

@@ -94,7 +94,7 @@ def run_demo(cfg: DemoConfig, out: Path, report: Path, data_root: Path, log: Cal
     )
     paper = evaluate_methods(
         backbone, calibration, recoverer, data["test"], cfg.missing, ("dymo",), seed=cfg.seed,
-        selection={"threshold": 0.0, "added_temperature": 1.0},
+        selection={"threshold": 0.0, "added_temperature": 1.0, "added_weight": 1.0},
     )
     done()
     names = {"discard": "discard (observed only)", "fuse-all": "fuse-all (every recovery)", "dymo": "DyMo"}

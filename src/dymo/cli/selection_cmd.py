@@ -159,6 +159,10 @@ def _print_tuning(tuned: Any) -> None:
         cells = ["-" if r["accuracy"][k] is None else f"{100 * r['accuracy'][k]:.2f}" for k in names]
         table.add_row(str(r["observed"]), str(r["n"]), *cells, f"{r['tau']:g}")
     console.print(table)
+    console.print(
+        f"samples that add a recovery: prediction = {tuned.added_weight:g} x used modalities + "
+        f"{1 - tuned.added_weight:g} x observed only, probabilities at temperature {tuned.added_temperature:g}"
+    )
 
 
 @app.command("evaluate")

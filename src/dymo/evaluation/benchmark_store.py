@@ -241,8 +241,9 @@ class Models:
             )
             write_json(path, tuned.to_dict())
         self.info[key] = (
-            f"tau per number observed {tuned.thresholds}, temperature {tuned.added_temperature:g} for samples that added a "
-            f"recovery (tuned on validation, {path.name})"
+            f"tau per number observed {tuned.thresholds}, for samples that added a recovery weight {tuned.added_weight:g} "
+            f"on the used modalities' logits (the rest on the observed ones') and temperature {tuned.added_temperature:g} "
+            f"(tuned on validation, {path.name})"
         )
         self._thresholds[key] = tuned
         return tuned
@@ -253,8 +254,12 @@ class Models:
 
         if base == "dymo" and label != NO_RECOVERY:
             tuned = self.threshold(metric, label)
-            return SelectionConfig(method="dymo", threshold=tuned.thresholds, added_temperature=tuned.added_temperature)
-        return SelectionConfig.from_dict({"method": "dymo" if base == "dymo-paper" else base, "threshold": 0.0, "added_temperature": 1.0})
+            return SelectionConfig(
+                method="dymo", threshold=tuned.thresholds, added_temperature=tuned.added_temperature, added_weight=tuned.added_weight
+            )
+        return SelectionConfig.from_dict(
+            {"method": "dymo" if base == "dymo-paper" else base, "threshold": 0.0, "added_temperature": 1.0, "added_weight": 1.0}
+        )
 
     def oracle(self) -> Recoverer:
         if "__oracle__" not in self._recoverers:

@@ -15,6 +15,11 @@ own best value instead only when it is significantly better on them (more than 2
 errors of a paired comparison; :func:`pick_thresholds_pooled`). Ties go to the larger tau, so
 when recoveries do not help on validation the rule falls back to discard (tau = inf). Labels are
 used here, on validation data only; the selection itself never sees them.
+
+The same validation runs fit what a sample that added a recovery reports: a weight ``a`` of its
+final mask's logits against its observed modalities' alone (:func:`blend_added`; 1 is the paper's
+output) and a temperature of its probabilities (:func:`added_probabilities`), both by validation
+NLL (:func:`pick_blend`).
 """
 
 from __future__ import annotations
@@ -63,13 +68,17 @@ class ThresholdTuning:
     counts: list[int] = field(default_factory=list)
     #: Temperature for the probabilities of samples that added a recovery (validation NLL).
     added_temperature: float = 1.0
+    #: Weight of the selected mask's logits in the prediction of a sample that added a
+    #: recovery; 1 - weight goes to its observed modalities' logits (validation NLL, with the
+    #: temperature). 1: the selected mask alone (the paper's output).
+    added_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "thresholds": [float(t) for t in self.thresholds], "method": self.method,
             "grid": [float(t) for t in self.grid], "scenarios": list(self.scenarios), "seeds": list(self.seeds),
             "n_val": self.n_val, "recoverer": self.recoverer, "correct": self.correct, "counts": self.counts,
-            "added_temperature": float(self.added_temperature),
+            "added_temperature": float(self.added_temperature), "added_weight": float(self.added_weight),
         }
 
     @classmethod
@@ -81,6 +90,11 @@ class ThresholdTuning:
             raise BundleError(f"{source}: malformed tuned threshold ({e})") from None
         if not out.thresholds or any(math.isnan(t) for t in out.thresholds):
             raise BundleError(f"{source}: tuned thresholds must be a non-empty list of numbers, got {out.thresholds}")
+        if not (0.0 <= float(out.added_weight) <= 1.0) or not (float(out.added_temperature) > 0):
+            raise BundleError(
+                f"{source}: added_weight must lie in [0, 1] and added_temperature be positive, got "
+                f"{out.added_weight!r} and {out.added_temperature!r}"
+            )
         return out
 
     def to_json(self) -> str:
@@ -152,12 +166,36 @@ def sample_thresholds(threshold: float | list[float] | str, tuned: ThresholdTuni
 
 #: Candidate temperatures for the probabilities of samples that added a recovery.
 TEMPERATURE_GRID: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+#: Candidate weights of the selected mask's logits against the observed-only ones (1 first:
+#: ties keep the paper's output).
+WEIGHT_GRID: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+
+def _resolve(value: float | str, tuned: ThresholdTuning | None, attr: str) -> float:
+    return (float(getattr(tuned, attr)) if tuned is not None else 1.0) if value == "calibrated" else float(value)
+
+
+def blend_added(
+    logits: torch.Tensor, observed_logits: torch.Tensor | None, added: torch.Tensor, weight: float | str, tuned: ThresholdTuning | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, weights)``: for the samples that ``added`` a recovery, ``a * logits + (1 - a) *
+    observed_logits`` (``a`` from ``weight``, or the tuned one for ``"calibrated"``, else 1);
+    other samples, and samples with nothing observed (NaN ``observed_logits``), keep ``logits``.
+    ``weights [B]`` is each sample's ``a`` (1 where nothing was blended)."""
+    a = _resolve(weight, tuned, "added_weight")
+    ones = torch.ones(logits.shape[0], dtype=logits.dtype, device=logits.device)
+    if a == 1.0 or observed_logits is None or not bool(added.any()):
+        return logits, ones
+    blend = added.to(logits.device) & ~torch.isnan(observed_logits).any(1)
+    w = torch.where(blend, torch.full_like(ones, a), ones)
+    mixed = w.unsqueeze(1) * logits + (1 - w).unsqueeze(1) * torch.nan_to_num(observed_logits)
+    return mixed, w
 
 
 def added_probabilities(logits: torch.Tensor, added: torch.Tensor, temperature: float | str, tuned: ThresholdTuning | None) -> torch.Tensor:
     """softmax(logits), with logits / T for the samples that ``added`` a recovery (T from
     ``temperature``, or the tuned one for ``"calibrated"``, else 1). The argmax never changes."""
-    t = (tuned.added_temperature if tuned is not None else 1.0) if temperature == "calibrated" else float(temperature)
+    t = _resolve(temperature, tuned, "added_temperature")
     if t == 1.0 or not bool(added.any()):
         return torch.softmax(logits, dim=-1)
     scale = torch.where(added.to(logits.device), torch.full((), t, dtype=logits.dtype, device=logits.device), torch.ones((), dtype=logits.dtype, device=logits.device))
@@ -170,6 +208,29 @@ def pick_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: Sequence[
         return 1.0
     nll = [float(torch.nn.functional.cross_entropy(logits.double() / t, labels)) for t in grid]
     return float(grid[int(np.argmin(nll))])
+
+
+def pick_blend(
+    selected: torch.Tensor, observed: torch.Tensor, labels: torch.Tensor,
+    weights: Sequence[float] = WEIGHT_GRID, temperatures: Sequence[float] = TEMPERATURE_GRID,
+) -> tuple[float, float]:
+    """``(weight, temperature)`` with the lowest mean NLL of ``(a * selected + (1 - a) * observed) / T``
+    over samples that added a recovery (``observed`` may be NaN for a sample with nothing
+    observed: it keeps ``selected``). Ties: the first weight of the grid (1, the paper's output
+    first), then the smallest T; ``(1, 1)`` when there is no sample."""
+    if len(labels) == 0:
+        return 1.0, 1.0
+    none = torch.isnan(observed).any(1, keepdim=True)
+    observed = torch.where(none, selected, observed).double()
+    selected = selected.double()
+    best, best_nll = (1.0, 1.0), math.inf
+    for a in weights:
+        mixed = a * selected + (1 - a) * observed
+        for t in temperatures:
+            nll = float(torch.nn.functional.cross_entropy(mixed / t, labels))
+            if nll < best_nll - 1e-12:
+                best, best_nll = (float(a), float(t)), nll
+    return best
 
 
 #: A number of observed modalities departs from the global tau only when its own best tau is

@@ -71,6 +71,8 @@ class SampleExplanation:
     confidence: float
     stop_reason: str
     steps: list[StepExplanation] = field(default_factory=list)
+    #: weight of the used modalities' prediction; 1 - weight is the observed modalities' alone
+    recovered_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +87,7 @@ class SampleExplanation:
             "predicted_name": self.predicted_name,
             "confidence": self.confidence,
             "stop_reason": self.stop_reason,
+            "recovered_weight": self.recovered_weight,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -94,6 +97,10 @@ class SampleExplanation:
             f"sample {self.sample} [{self.method}]: observed {self.observed}, recovered candidates "
             f"{self.candidates} -> used {self.used}; predicted class {self.predicted_class}{name} "
             f"(p={self.confidence:.3f}); stopped: {self.stop_reason}"
+            + (
+                f"; prediction = {self.recovered_weight:g} x used + {1 - self.recovered_weight:g} x observed only"
+                if self.recovered_weight != 1.0 else ""
+            )
         ]
         for s in self.steps:
             q = "-" if s.quality is None else f"{s.quality:.4f}"
@@ -135,6 +142,12 @@ class SelectionResult:
     quality_history: torch.Tensor  # [T, B]
     ics_history: torch.Tensor  # [T, B]
     thresholds: torch.Tensor | None = None  # [B], each sample's tau (None: 0, the paper's rule)
+    # [B], weight of the selected mask's logits in the prediction (the rest: the observed
+    # modalities' logits); None or 1: the selected mask alone
+    weights: torch.Tensor | None = None
+    # [B, C], the logits of the observed modalities alone (NaN rows: nothing observed); None
+    # for methods that do not search
+    observed_logits: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.used.shape[0])
@@ -202,6 +215,7 @@ class SelectionResult:
             confidence=float(self.probabilities[i, k]),
             stop_reason=self.stop_reason[i],
             steps=steps,
+            recovered_weight=1.0 if self.weights is None else float(self.weights[i]),
         )
 
     def to_records(self, class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -23,7 +23,12 @@ import torch
 
 from dymo.config import Config
 from dymo.errors import BundleError, ConfigError, DataError
-from dymo.selection.acceptance import added_probabilities, check_threshold_value, sample_thresholds
+from dymo.selection.acceptance import (
+    added_probabilities,
+    blend_added,
+    check_threshold_value,
+    sample_thresholds,
+)
 from dymo.selection.calibration import Calibration, fuse_rows, shared_projection
 from dymo.selection.result import (  # noqa: F401  (re-exported: the result classes moved there)
     _STOP_REASONS,
@@ -85,6 +90,10 @@ class SelectionConfig(Config):
     # Temperature of the reported probabilities of samples that added a recovery (logits / T;
     # the prediction is unchanged): "calibrated" = the one tuned with the threshold, else 1.
     added_temperature: float | Literal["calibrated"] = "calibrated"
+    # Weight a of the selected mask's logits in the prediction of a sample that added a
+    # recovery; 1 - a goes to its observed modalities' logits: "calibrated" = the one tuned with
+    # the threshold, else 1 (the paper's output: the selected mask alone).
+    added_weight: float | Literal["calibrated"] = "calibrated"
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -96,6 +105,9 @@ class SelectionConfig(Config):
         t = self.added_temperature
         if t != "calibrated" and not (isinstance(t, float) and math.isfinite(t) and t > 0):
             raise ConfigError(f"SelectionConfig.added_temperature must be a positive number or 'calibrated', got {t!r}")
+        a = self.added_weight
+        if a != "calibrated" and not (isinstance(a, (int, float)) and 0.0 <= a <= 1.0):
+            raise ConfigError(f"SelectionConfig.added_weight must be a number in [0, 1] or 'calibrated', got {a!r}")
         if self.max_added is not None and self.max_added < 0:
             raise ConfigError(f"SelectionConfig: max_added must be >= 0, got {self.max_added}")
         if self.costs is not None:
@@ -260,6 +272,7 @@ def _search(
     # State of each sample's current mask, created at the first fuse so that its dtype follows
     # the backbone's output (float32, float64, bfloat16, ...).
     cur_logits: torch.Tensor | None = None
+    observed_logits: torch.Tensor | None = None
     cur_q = cur_p = torch.empty(0)
     hist: dict[str, list[torch.Tensor]] = {k: [] for k in ("action", "reward", "cq", "cp", "gain", "q", "p")}
     final_refuse = torch.zeros(b, dtype=torch.bool, device=device)
@@ -289,6 +302,8 @@ def _search(
         nb = len(before_b)
         if nb:
             cur_logits[before_b], cur_q[before_b], cur_p[before_b] = logits[:nb], q[:nb], p[:nb]
+        if observed_logits is None:
+            observed_logits = cur_logits.clone()  # the observed modalities alone (NaN: none)
         if len(pair_b) == 0:
             break
         logits_u, q_u, p_u = logits[nb:], q[nb:], p[nb:]
@@ -385,7 +400,9 @@ def _search(
         return out if dtype == torch.long else out.float()
 
     assert cur_logits is not None
-    cur_logits = cur_logits.cpu()
+    tuned = getattr(cal, "threshold", None)
+    added = steps.cpu() > 0
+    cur_logits, weights = blend_added(cur_logits.cpu(), None if observed_logits is None else observed_logits.cpu(), added, config.added_weight, tuned)
     return SelectionResult(
         method=method,
         modalities=cal.modalities,
@@ -393,7 +410,7 @@ def _search(
         candidates=candidates.cpu(),
         used=used.cpu(),
         logits=cur_logits,
-        probabilities=added_probabilities(cur_logits, steps.cpu() > 0, config.added_temperature, getattr(cal, "threshold", None)),
+        probabilities=added_probabilities(cur_logits, added, config.added_temperature, tuned),
         steps=steps.cpu(),
         rejected=rejected.cpu(),
         stop_reason=stop_reason,
@@ -404,7 +421,9 @@ def _search(
         gain_history=stack("gain", (b, m)),
         quality_history=stack("q", (b,)),
         ics_history=stack("p", (b,)),
-        thresholds=sample_thresholds(config.threshold, getattr(cal, "threshold", None), initial_used).float().cpu(),
+        thresholds=sample_thresholds(config.threshold, tuned, initial_used).float().cpu(),
+        weights=weights.float(),
+        observed_logits=None if observed_logits is None else observed_logits.cpu(),
     )
 
 

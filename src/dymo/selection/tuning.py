@@ -21,7 +21,7 @@ from dymo.selection.acceptance import (
     DEFAULT_SEEDS,
     SEED_OFFSET,
     ThresholdTuning,
-    pick_temperature,
+    pick_blend,
     pick_thresholds_pooled,
 )
 
@@ -77,7 +77,8 @@ def tune_threshold(
     m = len(mods)
     correct = np.zeros((m, len(grid)), dtype=np.int64)
     counts = np.zeros(m, dtype=np.int64)
-    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (k_obs, labels, logits [G,B,C], added [G,B])
+    # (k_obs, labels, logits [G,B,C], added [G,B], observed-only logits [B,C])
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     per_sample: list[tuple[np.ndarray, np.ndarray]] = []  # (correct [G, B'], k_obs [B']) of samples with a candidate
     device = next(backbone.parameters()).device
     for scenario in scenarios:
@@ -94,17 +95,22 @@ def tune_threshold(
                 keep = k_obs < m  # complete samples have no candidate: tau does not matter
                 np.add.at(counts, k_obs[keep], 1)
                 logits_j, added_j, ok_j = [], [], []
+                observed_logits = None
                 for j, tau in enumerate(grid):
                     res = select_with_backbone(
                         backbone, tokens, hidden.observed, ~hidden.observed, calibration,
-                        SelectionConfig(method=method, threshold=tau),  # type: ignore[arg-type]
+                        SelectionConfig(method=method, threshold=tau, added_temperature=1.0, added_weight=1.0),  # type: ignore[arg-type]
                     )
+                    if observed_logits is None and res.observed_logits is not None:
+                        observed_logits = res.observed_logits.float()
                     ok = (res.predictions.numpy() == labels) & keep
                     np.add.at(correct[:, j], k_obs[ok], 1)
                     logits_j.append(res.logits.float())
                     ok_j.append(ok[keep])
                     added_j.append(res.steps > 0)
-                kept.append((torch.as_tensor(k_obs), full.labels, torch.stack(logits_j), torch.stack(added_j)))
+                if observed_logits is None:  # nothing observed anywhere in the batch
+                    observed_logits = torch.full_like(logits_j[0], float("nan"))
+                kept.append((torch.as_tensor(k_obs), full.labels, torch.stack(logits_j), torch.stack(added_j), observed_logits))
                 per_sample.append((np.stack(ok_j), k_obs[keep]))
                 if on_batch is not None:
                     on_batch(len(idx))
@@ -115,19 +121,22 @@ def tune_threshold(
         if counts[k] == 0:
             taus[k] = 0.0  # never seen on validation: keep the paper's rule
             log.info("tune_threshold: no validation sample with %d observed modalities; tau[%d] = 0 (paper's rule)", k, k)
-    # The tuned rule's samples that added a recovery: their temperature, by validation NLL.
+    # The tuned rule's samples that added a recovery: the weight of their selected mask against
+    # their observed modalities alone, and their temperature, by validation NLL.
     col = {k: grid.index(taus[k]) for k in range(m)}
-    sel_logits, sel_labels = [], []
-    for k_obs_b, labels_b, logits_b, added_b in kept:
+    sel_logits, obs_logits, sel_labels = [], [], []
+    for k_obs_b, labels_b, logits_b, added_b, observed_b in kept:
         j = torch.tensor([col.get(int(k), 0) for k in k_obs_b.tolist()], dtype=torch.long)
         rows = torch.arange(len(j))
         add = added_b[j, rows] & (k_obs_b < m)
         sel_logits.append(logits_b[j, rows][add])
+        obs_logits.append(observed_b[add])
         sel_labels.append(labels_b[add])
-    temperature = pick_temperature(torch.cat(sel_logits), torch.cat(sel_labels)) if kept else 1.0
+    weight, temperature = pick_blend(torch.cat(sel_logits), torch.cat(obs_logits), torch.cat(sel_labels)) if kept else (1.0, 1.0)
     return ThresholdTuning(
         thresholds=taus, method=method, grid=grid, scenarios=list(scenarios), seeds=[int(s) for s in seeds],
         n_val=n, recoverer=recoverer_name, correct=correct.tolist(), counts=counts.tolist(), added_temperature=temperature,
+        added_weight=weight,
     )
 
 
