@@ -407,6 +407,12 @@ def test_benchmark_tunes_dymo_on_validation_and_keeps_the_paper_rule(tmp_path):
     assert {"dymo", "dymo-paper", "discard", "fuse-all"} <= set(df["method"])
     assert df["ece"].between(0, 1).all()
     assert "dymo-paper" in (tmp_path / "ablation.md").read_text()
+    # the cells record the rule they used: a rerun reuses them all; a retuned rule (its file
+    # removed) recomputes the dymo cells only
+    assert run_benchmark(data, cfg, tmp_path, progress=False).computed == 0
+    (tmp_path / "models" / "threshold-cosine-mean.json").unlink()
+    again = run_benchmark(data, cfg, tmp_path, progress=False)
+    assert again.computed == 2 and (tmp_path / "models" / "threshold-cosine-mean.json").exists()
 
 
 def test_added_temperature_softens_only_samples_that_added_a_recovery():

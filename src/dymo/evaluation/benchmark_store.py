@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ class Models:
             source = self.recovery_sources.get(cell.recoverer, "")
             folder = self.folder / f"recovery-{source.split(':', 1)[1]}" if source.startswith("trained:") else Path(source)
             out["recoverer"] = self._folder_sha(folder, ["config.json", "weights.safetensors", "train_data.safetensors"])
+        if m.kind == "selection" and m.base == "dymo" and cell.recoverer != NO_RECOVERY:
+            # the tuned acceptance rule: a cell of a rule since retuned (file removed) is recomputed
+            out["rule"] = self._sha(self.threshold_path(m.metric, cell.recoverer))  # type: ignore[arg-type]
         return out
 
     # where things come from (recorded in benchmark.json; a rerun must agree)
@@ -216,20 +220,21 @@ class Models:
         self._recoverers[label] = rec
         return rec
 
+    def threshold_path(self, metric: str, label: str) -> Path:
+        """Where the tuned acceptance rule of this backbone and recoverer is cached."""
+        return self.folder / f"threshold-{metric}-{re.sub(r'[^A-Za-z0-9._=-]+', '_', label)}.json"
+
     def threshold(self, metric: str, label: str) -> Any:
         """DyMo's acceptance rule (a :class:`~dymo.selection.acceptance.ThresholdTuning`) for this
         backbone and recoverer, tuned on the (scaled) validation split under simulated
         missingness; cached in ``threshold-<metric>-<label>.json``."""
-        import re
-
         from dymo.selection.acceptance import ThresholdTuning
         from dymo.selection.tuning import tune_threshold
 
         key = f"threshold {metric} {label}"
         if key in self._thresholds:
             return self._thresholds[key]
-        slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", label)
-        path = self.folder / f"threshold-{metric}-{slug}.json"
+        path = self.threshold_path(metric, label)
         if path.exists():
             tuned = ThresholdTuning.from_dict(read_json(path), source=str(path))
         else:
