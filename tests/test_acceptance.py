@@ -231,13 +231,14 @@ def test_tuning_picks_the_validation_best_per_count_and_never_reads_other_labels
         assert [int(ok[k_obs == k].sum()) for k in range(M)] == correct[:, j].tolist()
     assert val.batches == math.ceil(B / 16)  # one pass over the validation data, nothing else
     # the blend weight and temperature: fitted on the samples the tuned rule lets add a recovery
-    from dymo.selection.acceptance import pick_blend
+    from dymo.selection.acceptance import TEMPERATURE_GRID, pick_blend
 
     res = select(table, obs, ~obs, table.cal, SelectionConfig(threshold=tuned.thresholds, added_weight=1.0, added_temperature=1.0))
     add = (res.steps > 0) & (k_obs < M)
     assert bool(add.any())
     expected = pick_blend(res.logits[add], res.observed_logits[add], labels[add])
     assert (tuned.added_weight, tuned.added_temperature) == expected
+    assert len(tuned.added_temperatures) == M and all(t in TEMPERATURE_GRID for t in tuned.added_temperatures)
 
 
 def test_tuning_refuses_bad_inputs():
@@ -477,6 +478,38 @@ def test_added_weight_blends_the_used_and_the_observed_logits_of_samples_that_ad
         ThresholdTuning.from_dict(bad)
     old = {k: v for k, v in tuned.to_dict().items() if k != "added_weight"}  # a rule saved before the weight
     assert ThresholdTuning.from_dict(old).added_weight == 1.0
+
+
+def test_added_temperature_per_number_of_observed_modalities():
+    from dymo.selection.acceptance import MIN_TEMPERATURE_SAMPLES, pick_temperatures_by_count
+
+    table, obs = Table(), observed_mask()
+    temps = [1.0, 2.0, 4.0, 8.0]
+    res = run(table, obs, threshold=0.0, added_temperature=temps)
+    plain = run(table, obs, threshold=0.0, added_temperature=1.0, added_weight=1.0)
+    added, k = res.steps > 0, obs.sum(1)
+    for i in range(len(res)):
+        t = temps[int(k[i])] if bool(added[i]) else 1.0
+        torch.testing.assert_close(res.probabilities[i], torch.softmax(plain.logits[i] / t, -1))
+    # the tuned rule's per-count temperatures are what "calibrated" applies
+    tuned = _tuning([0.0] * M)
+    tuned.added_temperatures = temps
+    table.cal.threshold = tuned
+    torch.testing.assert_close(run(table, obs, threshold=0.0).probabilities, res.probabilities)
+    assert ThresholdTuning.from_json(tuned.to_json()).added_temperatures == temps
+    with pytest.raises(ConfigError, match="one per number of observed"):
+        run(table, obs, added_temperature=[2.0, 2.0])
+    with pytest.raises(ConfigError, match="added_temperature"):
+        SelectionConfig(added_temperature=[1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(BundleError, match="added temperatures"):
+        ThresholdTuning.from_dict(tuned.to_dict() | {"added_temperatures": [2.0]})
+    # a count gets its own temperature only with enough validation samples
+    g = torch.Generator().manual_seed(0)
+    n = 2 * MIN_TEMPERATURE_SAMPLES
+    logits = torch.randn(n, 10, generator=g)
+    labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1)
+    counts = torch.tensor([1] * (n - 10) + [2] * 10)
+    assert pick_temperatures_by_count(4 * logits, labels, counts, 3, fallback=1.5) == [1.5, 4.0, 1.5]
 
 
 def test_pick_blend_keeps_good_recoveries_and_falls_back_on_misleading_ones():

@@ -247,7 +247,8 @@ class Models:
             write_json(path, tuned.to_dict())
         self.info[key] = (
             f"tau per number observed {tuned.thresholds}, for samples that added a recovery weight {tuned.added_weight:g} "
-            f"on the used modalities' logits (the rest on the observed ones') and temperature {tuned.added_temperature:g} "
+            f"on the used modalities' logits (the rest on the observed ones') and temperature "
+            f"{tuned.added_temperatures or tuned.added_temperature} "
             f"(tuned on validation, {path.name})"
         )
         self._thresholds[key] = tuned
@@ -260,7 +261,8 @@ class Models:
         if base == "dymo" and label != NO_RECOVERY:
             tuned = self.threshold(metric, label)
             return SelectionConfig(
-                method="dymo", threshold=tuned.thresholds, added_temperature=tuned.added_temperature, added_weight=tuned.added_weight
+                method="dymo", threshold=tuned.thresholds, added_temperature=tuned.added_temperatures or tuned.added_temperature,
+                added_weight=tuned.added_weight,
             )
         return SelectionConfig.from_dict(
             {"method": "dymo" if base == "dymo-paper" else base, "threshold": 0.0, "added_temperature": 1.0, "added_weight": 1.0}

@@ -72,6 +72,10 @@ class ThresholdTuning:
     #: recovery; 1 - weight goes to its observed modalities' logits (validation NLL, with the
     #: temperature). 1: the selected mask alone (the paper's output).
     added_weight: float = 1.0
+    #: Temperature per number of observed modalities k (entry k), fitted on the blended logits
+    #: of the samples with k observed when they are at least MIN_TEMPERATURE_SAMPLES, else the
+    #: global ``added_temperature``; empty: the global one for every k.
+    added_temperatures: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +83,7 @@ class ThresholdTuning:
             "grid": [float(t) for t in self.grid], "scenarios": list(self.scenarios), "seeds": list(self.seeds),
             "n_val": self.n_val, "recoverer": self.recoverer, "correct": self.correct, "counts": self.counts,
             "added_temperature": float(self.added_temperature), "added_weight": float(self.added_weight),
+            "added_temperatures": [float(t) for t in self.added_temperatures],
         }
 
     @classmethod
@@ -90,10 +95,16 @@ class ThresholdTuning:
             raise BundleError(f"{source}: malformed tuned threshold ({e})") from None
         if not out.thresholds or any(math.isnan(t) for t in out.thresholds):
             raise BundleError(f"{source}: tuned thresholds must be a non-empty list of numbers, got {out.thresholds}")
-        if not (0.0 <= float(out.added_weight) <= 1.0) or not (float(out.added_temperature) > 0):
+        temps = [out.added_temperature, *out.added_temperatures]
+        if not (0.0 <= float(out.added_weight) <= 1.0) or not all(float(t) > 0 for t in temps):
             raise BundleError(
-                f"{source}: added_weight must lie in [0, 1] and added_temperature be positive, got "
-                f"{out.added_weight!r} and {out.added_temperature!r}"
+                f"{source}: added_weight must lie in [0, 1] and the added temperatures be positive, got "
+                f"{out.added_weight!r} and {temps!r}"
+            )
+        if out.added_temperatures and len(out.added_temperatures) != len(out.thresholds):
+            raise BundleError(
+                f"{source}: {len(out.added_temperatures)} added temperatures for {len(out.thresholds)} thresholds "
+                "(one per number of observed modalities)"
             )
         return out
 
@@ -192,13 +203,26 @@ def blend_added(
     return mixed, w
 
 
-def added_probabilities(logits: torch.Tensor, added: torch.Tensor, temperature: float | str, tuned: ThresholdTuning | None) -> torch.Tensor:
-    """softmax(logits), with logits / T for the samples that ``added`` a recovery (T from
-    ``temperature``, or the tuned one for ``"calibrated"``, else 1). The argmax never changes."""
-    t = _resolve(temperature, tuned, "added_temperature")
-    if t == 1.0 or not bool(added.any()):
+def added_probabilities(
+    logits: torch.Tensor, added: torch.Tensor, temperature: float | list[float] | str, tuned: ThresholdTuning | None,
+    observed_count: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """softmax(logits), with logits / T for the samples that ``added`` a recovery. ``temperature``:
+    a number; a list with one T per number of observed modalities (``observed_count [B]``
+    picks the entry); or ``"calibrated"``: the tuned one(s), else 1. The argmax never changes."""
+    if temperature == "calibrated":
+        temperature = (tuned.added_temperatures or float(tuned.added_temperature)) if tuned is not None else 1.0
+    if not bool(added.any()) or (not isinstance(temperature, list) and float(temperature) == 1.0):
         return torch.softmax(logits, dim=-1)
-    scale = torch.where(added.to(logits.device), torch.full((), t, dtype=logits.dtype, device=logits.device), torch.ones((), dtype=logits.dtype, device=logits.device))
+    one = torch.ones((), dtype=logits.dtype, device=logits.device)
+    if isinstance(temperature, list):
+        if observed_count is None:
+            raise ConfigError("added_probabilities: a temperature per number of observed modalities needs observed_count")
+        table = torch.tensor([*temperature, temperature[-1]], dtype=logits.dtype, device=logits.device)
+        temps = table[observed_count.to(logits.device).clamp(max=len(table) - 1)]
+    else:
+        temps = torch.full((), float(temperature), dtype=logits.dtype, device=logits.device)
+    scale = torch.where(added.to(logits.device), temps, one)
     return torch.softmax(logits / scale.unsqueeze(1), dim=-1)
 
 
@@ -231,6 +255,23 @@ def pick_blend(
             if nll < best_nll - 1e-12:
                 best, best_nll = (float(a), float(t)), nll
     return best
+
+
+#: A number of observed modalities gets its own temperature only with this many validation
+#: samples that added a recovery (else the global one).
+MIN_TEMPERATURE_SAMPLES = 50
+
+
+def pick_temperatures_by_count(
+    blended: torch.Tensor, labels: torch.Tensor, observed_count: torch.Tensor, num_modalities: int, fallback: float,
+) -> list[float]:
+    """Temperature per number of observed modalities k = 0 .. M-1 (lowest NLL of the samples
+    with k observed), ``fallback`` where fewer than :data:`MIN_TEMPERATURE_SAMPLES` samples."""
+    out = []
+    for k in range(num_modalities):
+        sel = observed_count == k
+        out.append(pick_temperature(blended[sel], labels[sel]) if int(sel.sum()) >= MIN_TEMPERATURE_SAMPLES else float(fallback))
+    return out
 
 
 #: A number of observed modalities departs from the global tau only when its own best tau is

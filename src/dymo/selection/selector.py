@@ -89,7 +89,7 @@ class SelectionConfig(Config):
     threshold: float | list[float] | Literal["calibrated"] = "calibrated"
     # Temperature of the reported probabilities of samples that added a recovery (logits / T;
     # the prediction is unchanged): "calibrated" = the one tuned with the threshold, else 1.
-    added_temperature: float | Literal["calibrated"] = "calibrated"
+    added_temperature: float | list[float] | Literal["calibrated"] = "calibrated"
     # Weight a of the selected mask's logits in the prediction of a sample that added a
     # recovery; 1 - a goes to its observed modalities' logits: "calibrated" = the one tuned with
     # the threshold, else 1 (the paper's output: the selected mask alone).
@@ -103,8 +103,12 @@ class SelectionConfig(Config):
     def validate(self) -> None:
         check_threshold_value(self.threshold)
         t = self.added_temperature
-        if t != "calibrated" and not (isinstance(t, float) and math.isfinite(t) and t > 0):
-            raise ConfigError(f"SelectionConfig.added_temperature must be a positive number or 'calibrated', got {t!r}")
+        values = t if isinstance(t, list) else [t]
+        if t != "calibrated" and not (values and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)):
+            raise ConfigError(
+                "SelectionConfig.added_temperature must be a positive number, a list of them (one per number of "
+                f"observed modalities) or 'calibrated', got {t!r}"
+            )
         a = self.added_weight
         if a != "calibrated" and not (isinstance(a, (int, float)) and 0.0 <= a <= 1.0):
             raise ConfigError(f"SelectionConfig.added_weight must be a number in [0, 1] or 'calibrated', got {a!r}")
@@ -164,6 +168,12 @@ def _validate_inputs(
         raise DataError(
             f"select: masks have {initial_used.shape[1]} modalities, the calibration {len(modalities)} "
             f"({list(modalities)})"
+        )
+    temps = config.added_temperature
+    if isinstance(temps, list) and len(temps) != len(modalities):
+        raise ConfigError(
+            f"SelectionConfig.added_temperature has {len(temps)} entries; need one per number of observed "
+            f"modalities 0..{len(modalities) - 1} ({len(modalities)})"
         )
     if config.costs is not None and len(config.costs) != len(modalities):
         raise ConfigError(
@@ -410,7 +420,7 @@ def _search(
         candidates=candidates.cpu(),
         used=used.cpu(),
         logits=cur_logits,
-        probabilities=added_probabilities(cur_logits, added, config.added_temperature, tuned),
+        probabilities=added_probabilities(cur_logits, added, config.added_temperature, tuned, initial_used.sum(1).cpu()),
         steps=steps.cpu(),
         rejected=rejected.cpu(),
         stop_reason=stop_reason,

@@ -22,6 +22,7 @@ from dymo.selection.acceptance import (
     SEED_OFFSET,
     ThresholdTuning,
     pick_blend,
+    pick_temperatures_by_count,
     pick_thresholds_pooled,
 )
 
@@ -124,7 +125,7 @@ def tune_threshold(
     # The tuned rule's samples that added a recovery: the weight of their selected mask against
     # their observed modalities alone, and their temperature, by validation NLL.
     col = {k: grid.index(taus[k]) for k in range(m)}
-    sel_logits, obs_logits, sel_labels = [], [], []
+    sel_logits, obs_logits, sel_labels, sel_k = [], [], [], []
     for k_obs_b, labels_b, logits_b, added_b, observed_b in kept:
         j = torch.tensor([col.get(int(k), 0) for k in k_obs_b.tolist()], dtype=torch.long)
         rows = torch.arange(len(j))
@@ -132,11 +133,17 @@ def tune_threshold(
         sel_logits.append(logits_b[j, rows][add])
         obs_logits.append(observed_b[add])
         sel_labels.append(labels_b[add])
-    weight, temperature = pick_blend(torch.cat(sel_logits), torch.cat(obs_logits), torch.cat(sel_labels)) if kept else (1.0, 1.0)
+        sel_k.append(k_obs_b[add])
+    weight, temperature, temperatures = 1.0, 1.0, [1.0] * m
+    if kept:
+        z_sel, z_obs, y_sel, k_sel = torch.cat(sel_logits), torch.cat(obs_logits), torch.cat(sel_labels), torch.cat(sel_k)
+        weight, temperature = pick_blend(z_sel, z_obs, y_sel)
+        blended = torch.where(torch.isnan(z_obs).any(1, keepdim=True), z_sel, weight * z_sel + (1 - weight) * z_obs)
+        temperatures = pick_temperatures_by_count(blended, y_sel, k_sel, m, temperature)
     return ThresholdTuning(
         thresholds=taus, method=method, grid=grid, scenarios=list(scenarios), seeds=[int(s) for s in seeds],
         n_val=n, recoverer=recoverer_name, correct=correct.tolist(), counts=counts.tolist(), added_temperature=temperature,
-        added_weight=weight,
+        added_weight=weight, added_temperatures=temperatures,
     )
 
 
