@@ -331,3 +331,36 @@ def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path) -> None:
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
     finally:
         os.umask(old)
+
+
+def test_a_folder_is_replaced_in_one_atomic_swap_where_the_system_can(tmp_path, monkeypatch):
+    """Over an existing folder, ``staged_dir`` swaps old and new in one step (Linux
+    ``renameat2``), so the target never disappears; elsewhere it falls back to two renames."""
+    from dymo.utils import artifact
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("a"), (b / "x").write_text("b")
+    if not artifact.exchange_paths(a, b):
+        pytest.skip("no atomic exchange on this system or file system")
+    assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "v").write_text("old")
+    real_replace = os.replace
+
+    def no_vanishing(src, dst, *args, **kwargs):  # the two-rename fallback must not run
+        assert Path(src) != target, "the target was renamed away"
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(artifact.os, "replace", no_vanishing)
+    with artifact.staged_dir(target) as tmp:
+        (tmp / "v").write_text("new")
+    assert (target / "v").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the old one is removed
+    # without the exchange, the two renames still give the new folder
+    monkeypatch.setattr(artifact.os, "replace", real_replace)
+    monkeypatch.setattr(artifact, "exchange_paths", lambda *_: False)
+    with artifact.staged_dir(target) as tmp:
+        (tmp / "v").write_text("newer")
+    assert (target / "v").read_text() == "newer" and not (tmp_path / ".out.old").exists()

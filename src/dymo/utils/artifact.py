@@ -32,10 +32,13 @@ target and renamed into place (:func:`staged_dir`), so a failed command leaves n
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -338,13 +341,39 @@ def check_output(
 # -- writing folders -----------------------------------------------------------------------------
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``). False
+    where the system or the file system cannot (then nothing was changed); other errors raise."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(os.fspath(a)), _AT_FDCWD, os.fsencode(os.fspath(b)), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
 @contextlib.contextmanager
 def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``path``; on success rename it onto ``path``.
 
-    Over an existing folder (checked with :func:`check_output` first) the old one is renamed to
-    ``.NAME.old`` and removed after the new one is in place, so a reader sees the old or the new
-    folder. On failure the temporary folder is removed and ``path`` is untouched.
+    Over an existing folder (checked with :func:`check_output` first) the two are swapped in one
+    atomic step where the system can (Linux ``renameat2`` with ``RENAME_EXCHANGE``), and the old
+    one, now under the hidden temporary name, is removed: ``path`` never disappears. Elsewhere the
+    old one is renamed to ``.NAME.old`` and removed after the new one is in place; a process
+    killed between those two renames leaves the old folder under ``.NAME.old``, which the bundle
+    reader falls back to. On failure the temporary folder is removed and ``path`` is untouched.
     """
     path = Path(path)
     try:
@@ -355,7 +384,9 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, default_dir_mode())  # mkdtemp makes it 0o700
     try:
         yield tmp
-        if path.exists():
+        if path.is_dir() and not path.is_symlink() and exchange_paths(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # the old folder, swapped out
+        elif path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             if path.is_dir():
