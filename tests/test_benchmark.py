@@ -239,6 +239,28 @@ def test_deleted_cells_are_recomputed_alone_with_the_same_values(first_run, data
     pd.testing.assert_frame_equal(_stable(pd.read_csv(out / "results.csv")), before)
 
 
+def test_a_copied_folder_resumes_and_an_older_record_in_place_is_accepted(first_run, data, tmp_path, monkeypatch):
+    import shutil
+
+    out, first = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    _no_training(monkeypatch)
+    again = run_benchmark(data, tiny_config(command="dymo benchmark --data synthetic"), copy, progress=False)
+    assert again.computed == 0 and again.skipped == first.computed
+    record = json.loads((copy / "benchmark.json").read_text())
+    assert record["sources"]["backbone-cosine"] == "trained:backbone-cosine"
+    # a folder written before: the trained backbone recorded by its path in that folder
+    record["sources"]["backbone-cosine"] = str(copy / "models" / "backbone-cosine")
+    (copy / "benchmark.json").write_text(json.dumps(record))
+    assert run_benchmark(data, tiny_config(command="dymo benchmark --data synthetic"), copy, progress=False).computed == 0
+    # ... but a backbone from elsewhere is still another source
+    record["sources"]["backbone-cosine"] = str(tmp_path / "elsewhere" / "backbone-cosine")
+    (copy / "benchmark.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="backbone-cosine came from"):
+        run_benchmark(data, tiny_config(command="dymo benchmark --data synthetic"), copy, progress=False)
+
+
 def test_a_different_scale_is_refused(first_run, data):
     with pytest.raises(ConfigError, match="another scale.*sizes"):
         run_benchmark(data, tiny_config(max_test_samples=20), first_run[0], progress=False)

@@ -102,9 +102,23 @@ class Models:
 
     # where things come from (recorded in benchmark.json; a rerun must agree)
     def sources(self) -> dict[str, str]:
-        out = {f"backbone-{m}": str(self.backbone_source(m)) for m in self.config.metrics}
+        """Where each backbone and recoverer comes from: a folder given on the command line, or
+        ``trained:NAME`` for a model this folder trains itself (so a copied or moved benchmark
+        folder resumes)."""
+        out = {
+            f"backbone-{m}": str(self.backbone_runs[m]) if m in self.backbone_runs else f"trained:backbone-{m}"
+            for m in self.config.metrics
+        }
         out.update({f"recovery-{k}": v for k, v in self.recovery_sources.items()})
         return out
+
+    def legacy_source(self, key: str) -> str | None:
+        """How folders written before ``trained:backbone-*`` recorded this key (the absolute or
+        given path of the model inside this folder); None when the key is not a trained backbone."""
+        m = key.removeprefix("backbone-")
+        if key.startswith("backbone-") and m not in self.backbone_runs:
+            return str(self.folder / f"backbone-{m}")
+        return None
 
     def backbone_source(self, metric: str) -> Path:
         return self.backbone_runs.get(metric, self.folder / f"backbone-{metric}")
@@ -424,6 +438,8 @@ def check_scale(out: Path, data: SplitDataset, config: BenchmarkConfig, models: 
                 )
         for key, value in sources.items():
             prev = old.get("sources", {}).get(key)
+            if prev is not None and prev == models.legacy_source(key):
+                prev = value  # recorded by an earlier version at this same place
             if prev is not None and prev != value:
                 raise ConfigError(f"{out}: {key} came from {prev} in the earlier run, now from {value}; use another --out folder")
         sources = {**old.get("sources", {}), **sources}
