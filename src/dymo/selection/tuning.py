@@ -21,6 +21,7 @@ from dymo.selection.acceptance import (
     DEFAULT_SEEDS,
     SEED_OFFSET,
     ThresholdTuning,
+    blend_added,
     pick_blend,
     pick_temperatures_by_count,
     pick_thresholds_pooled,
@@ -138,7 +139,7 @@ def tune_threshold(
     if kept:
         z_sel, z_obs, y_sel, k_sel = torch.cat(sel_logits), torch.cat(obs_logits), torch.cat(sel_labels), torch.cat(sel_k)
         weight, temperature = pick_blend(z_sel, z_obs, y_sel)
-        blended = torch.where(torch.isnan(z_obs).any(1, keepdim=True), z_sel, weight * z_sel + (1 - weight) * z_obs)
+        blended, _ = blend_added(z_sel, z_obs, torch.ones(len(y_sel), dtype=torch.bool), weight, None)
         temperatures = pick_temperatures_by_count(blended, y_sel, k_sel, m, temperature)
     return ThresholdTuning(
         thresholds=taus, method=method, grid=grid, scenarios=list(scenarios), seeds=[int(s) for s in seeds],
