@@ -134,7 +134,10 @@ def test_outputs_exist_with_one_row_per_cell(first_run):
     df = pd.read_csv(out / "results.csv")
     assert len(df) == PER_GROUP * len(SCENARIOS) * len(SEEDS)
     assert not df.duplicated(["method", "scenario", "seed", "recoverer"]).any()
-    assert {"accuracy", "auc", "steps", "acceptance", "seconds", "recoverer", "family"} <= set(df.columns)
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "auc", "ece", "steps", "acceptance", "seconds", "recoverer", "family"} <= set(df.columns)
+    assert df["balanced_accuracy"].between(0, 1).all() and df["macro_f1"].between(0, 1).all()
+    md = (out / "results.md").read_text()
+    assert "### Balanced accuracy" in md and "### Macro-F1" in md and "### ECE" in md
     assert set(df["scenario"]) == set(SCENARIOS) and set(df["seed"]) == set(SEEDS)
     # recovery-free methods are recorded once, without a recoverer
     assert set(df[df["method"].isin(["discard", "moddrop", "oracle-complete"])]["recoverer"]) == {"none"}

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from conftest import tiny_backbone
 from dymo.data.synthetic import make_synthetic_splits
 from dymo.errors import ConfigError
-from dymo.evaluation.metrics import auc
+from dymo.evaluation.metrics import auc, balanced_accuracy, macro_f1, method_metrics
 from dymo.evaluation.pipeline import evaluate_methods, scenario_mask
 from dymo.recovery.registry import get_recoverer
 from dymo.selection import SelectionConfig, compute_calibration, select_with_backbone
@@ -42,6 +42,35 @@ def test_auc_is_none_when_undefined() -> None:
     probs, labels = _probs(30, 3, seed=0)
     assert auc(probs, torch.zeros(30, dtype=torch.long)) is None  # one class only
     assert auc(probs, labels % 2) is None  # class 2 never occurs: its one-vs-rest score is void
+
+
+def test_balanced_accuracy_and_macro_f1_weigh_every_class_alike() -> None:
+    # 8 samples of class 0, 2 of class 1; a majority-class predictor is 80% accurate
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    majority = torch.zeros(10, dtype=torch.long)
+    assert balanced_accuracy(majority, labels) == pytest.approx(0.5)  # recall 1 and 0
+    # F1 of class 0: precision 0.8, recall 1 -> 8/9; class 1 never predicted: 0
+    assert macro_f1(majority, labels) == pytest.approx((8 / 9 + 0) / 2)
+    pred = torch.tensor([0] * 6 + [1] * 2 + [1, 0])  # class 0 recall 6/8, class 1 recall 1/2
+    assert balanced_accuracy(pred, labels) == pytest.approx((6 / 8 + 1 / 2) / 2)
+    # a class absent from the labels but predicted counts in macro-F1 (F1 0), not in balanced accuracy
+    pred3 = torch.tensor([2] + [0] * 7 + [1, 1])
+    assert balanced_accuracy(pred3, labels) == pytest.approx((7 / 8 + 1) / 2)
+    f1_0, f1_1 = 2 * 7 / (2 * 7 + 0 + 1), 1.0
+    assert macro_f1(pred3, labels) == pytest.approx((f1_0 + f1_1 + 0) / 3)
+    assert balanced_accuracy(labels[:0], labels[:0]) is None and macro_f1(labels[:0], labels[:0]) is None
+
+
+def test_method_metrics_reports_balanced_accuracy_and_macro_f1() -> None:
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    probs = torch.tensor([[0.9, 0.1]] * 10)
+    observed = torch.ones(10, 2, dtype=torch.bool)
+    m = method_metrics("discard", "none", 0, probs=probs, labels=labels, observed=observed,
+                       candidates=~observed, offers_recovery=False, seconds=0.0)
+    assert m.accuracy == pytest.approx(0.8)
+    assert m.balanced_accuracy == pytest.approx(0.5)
+    assert m.macro_f1 == pytest.approx(4 / 9)
+    assert json.loads(json.dumps(m.to_dict()))["balanced_accuracy"] == pytest.approx(0.5)
 
 
 @pytest.fixture(scope="module")

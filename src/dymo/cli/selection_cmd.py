@@ -228,12 +228,16 @@ def evaluate_cmd(
 
 def print_metrics(metrics: dict, title: str) -> None:
     table = Table(title=title)
-    for col in ("method", "accuracy", "AUC", "steps/sample", "accepted", "acc by #observed", "s"):
+    for col in ("method", "accuracy", "balanced acc", "macro-F1", "AUC", "ECE", "steps/sample", "accepted", "acc by #observed", "s"):
         table.add_column(col)
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
     for m, r in metrics.items():
         by = " ".join(f"{k}:{v:.3f}" for k, v in sorted(r.accuracy_by_num_observed.items()))
         table.add_row(
-            m, f"{r.accuracy:.4f}", "-" if r.auc is None else f"{r.auc:.4f}", f"{r.avg_steps:.2f}",
+            m, f"{r.accuracy:.4f}", num(r.balanced_accuracy), num(r.macro_f1), num(r.auc), num(r.ece), f"{r.avg_steps:.2f}",
             "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.1%}", by, f"{r.seconds:.1f}",
         )
     from rich.console import Console

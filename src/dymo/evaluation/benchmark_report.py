@@ -103,6 +103,16 @@ def _pivot(df: pd.DataFrame, value: str, columns: str, order: list[str], col_ord
     return rows
 
 
+#: The scores shown beside accuracy (results.md, report.html), when the cells hold them (cells
+#: written before balanced accuracy and macro-F1 existed show "-").
+SCORE_TABLES = (
+    ("balanced_accuracy", "Balanced accuracy (%; mean recall over the classes)"),
+    ("macro_f1", "Macro-F1 (%)"),
+    ("auc", "AUC (%; macro one-vs-rest when multi-class)"),
+    ("ece", "ECE (%; expected calibration error of the top-class confidence, 15 bins; lower is better)"),
+)
+
+
 def write_reports(
     out: Path,
     df: pd.DataFrame,
@@ -124,7 +134,7 @@ def write_reports(
     main_order = [lab for lab in order if lab not in upper]
     upper_order = [lab for lab in order if lab in upper]
 
-    csv_cols = ["method", "kind", "metric", "recoverer", "scenario", "seed", "n", "accuracy", "auc", "ece", "steps", "acceptance", "seconds", "missing_rate"]
+    csv_cols = ["method", "kind", "metric", "recoverer", "scenario", "seed", "n", "accuracy", "balanced_accuracy", "macro_f1", "auc", "ece", "steps", "acceptance", "seconds", "missing_rate"]
     _write_csv(out / "results.csv", df[csv_cols].rename(columns={"kind": "family"}))
     files["results.csv"] = out / "results.csv"
 
@@ -139,8 +149,9 @@ def write_reports(
                 _pivot(df, "accuracy", "scenario", upper_order, scenarios), UPPER_NOTE, [True] * len(upper_order),
             )
         )
-    if df["auc"].notna().any():
-        tables.append(Table("AUC (%; macro one-vs-rest when multi-class)", ["method", *scenarios], _pivot(df, "auc", "scenario", main_order, scenarios)))
+    for col, title in SCORE_TABLES:
+        if col in df and df[col].notna().any():
+            tables.append(Table(title, ["method", *scenarios], _pivot(df, col, "scenario", main_order, scenarios)))
     tables.append(Table("Seconds per cell (method + its share of recovery/encoding)", ["method", *scenarios], _pivot(df, "seconds", "scenario", order, scenarios, 1.0, 1)))
     header = _header_lines(config, data, model_info)
     _write_md(out / "results.md", f"Benchmark: {data.name}", header, tables)

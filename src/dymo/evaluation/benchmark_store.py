@@ -464,6 +464,8 @@ def cell_row(cell: dict[str, Any], spec: MethodSpec) -> dict[str, Any]:
         "seed": cell["seed"],
         "n": m["n"],
         "accuracy": m["accuracy"],
+        "balanced_accuracy": m.get("balanced_accuracy"),
+        "macro_f1": m.get("macro_f1"),
         "auc": m["auc"],
         "ece": m.get("ece"),
         "steps": m["avg_steps"] if cell["kind"] == "selection" else None,

@@ -2,6 +2,9 @@
 ``dymo benchmark``.
 
 - accuracy, and accuracy by number of observed modalities;
+- balanced accuracy (the mean recall over the classes present in the labels) and macro-F1
+  (the mean F1 over the classes present in the labels or the predictions): on unbalanced
+  classes (TCGA kidney: 108 / 522 / 279 patients) accuracy alone rewards the majority class;
 - AUC (:func:`auc`): binary AUROC for two classes, macro one-vs-rest AUROC above two
   (torchmetrics), ``None`` when a class needed by the average is absent from the labels;
 - selection statistics: mean number of added modalities and the share of offered recovered
@@ -33,6 +36,8 @@ class MethodMetrics:
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
     ece: float | None = None  # expected calibration error of the top-class confidence (15 bins)
+    balanced_accuracy: float | None = None  # mean recall over the classes present in the labels
+    macro_f1: float | None = None  # mean F1 over the classes in the labels or the predictions
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -76,6 +81,26 @@ def ece(probs: torch.Tensor, labels: torch.Tensor) -> float | None:
     return float(multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=15))
 
 
+def balanced_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Mean recall over the classes present in ``labels`` (scikit-learn's definition);
+    ``None`` for an empty set."""
+    if len(labels) == 0:
+        return None
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(labels.cpu().numpy(), predictions.cpu().numpy()))
+
+
+def macro_f1(predictions: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Unweighted mean of the per-class F1 over the classes in ``labels`` or ``predictions``
+    (a class never predicted and never present does not count); ``None`` for an empty set."""
+    if len(labels) == 0:
+        return None
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels.cpu().numpy(), predictions.cpu().numpy(), average="macro", zero_division=0))
+
+
 def method_metrics(
     method: str,
     scenario: str,
@@ -113,6 +138,8 @@ def method_metrics(
         seed=seed,
         n=n,
         accuracy=float(correct.mean()),
+        balanced_accuracy=balanced_accuracy(pred, labels),
+        macro_f1=macro_f1(pred, labels),
         auc=auc(probs, labels),
         ece=ece(probs, labels),
         avg_steps=float(steps.float().mean()),

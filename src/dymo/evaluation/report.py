@@ -15,13 +15,14 @@ from dymo.utils.io import atomic_replace_from, atomic_write
 
 def metrics_markdown(metrics: Mapping[str, MethodMetrics]) -> str:
     ks = sorted({k for r in metrics.values() for k in r.accuracy_by_num_observed})
-    head = "| method | accuracy | steps/sample | recovered used | " + " | ".join(f"acc, {k} observed" for k in ks) + " |"
-    sep = "|" + "---|" * (4 + len(ks))
+    head = "| method | accuracy | balanced acc | macro-F1 | steps/sample | recovered used | " + " | ".join(f"acc, {k} observed" for k in ks) + " |"
+    sep = "|" + "---|" * (6 + len(ks))
     rows = [head, sep]
     for m, r in metrics.items():
         acc_by = " | ".join(f"{100 * r.accuracy_by_num_observed[k]:.2f}" if k in r.accuracy_by_num_observed else "-" for k in ks)
         accepted = "-" if r.acceptance_rate is None else f"{100 * r.acceptance_rate:.1f}%"
-        rows.append(f"| {m} | {100 * r.accuracy:.2f} | {r.avg_steps:.2f} | {accepted} | {acc_by} |")
+        scores = " | ".join("-" if v is None else f"{100 * v:.2f}" for v in (r.balanced_accuracy, r.macro_f1))
+        rows.append(f"| {m} | {100 * r.accuracy:.2f} | {scores} | {r.avg_steps:.2f} | {accepted} | {acc_by} |")
     return "\n".join(rows)
 
 
