@@ -40,7 +40,7 @@ def _build_epilog() -> str:
 @friendly_errors
 def build(
     name: str = typer.Argument(..., help=_dataset_help()),
-    source: Path | None = typer.Option(None, help="your copy of the dataset's files (needed by folder, mst, celeba, image-table)"),
+    source: Path | None = typer.Option(None, help="your copy of the dataset's files (needed by folder, tcga-kidney, mst, celeba, image-table)"),
     set_: list[str] = typer.Option([], "--set", help="a build option key=value (repeatable), e.g. --set seed=1 --set val_fraction=0.2"),
     out_name: str | None = typer.Option(None, "--name", help="name of the built dataset (default: the dataset name; folder: the source folder's name)"),
     root: Path | None = typer.Option(None, help="data root (default $DYMO_DATA or ./data); the dataset goes to ROOT/NAME"),
@@ -103,6 +103,8 @@ def build(
     if any(missing.values()):
         note = " (missing modality slots: " + ", ".join(f"{k} {v:.0%}" for k, v in missing.items()) + ")"
     out_console.print(f"{target_name}: {sizes}{note} -> {target}")
+    for line in (ds.provenance or {}).get("notes", []):
+        out_console.print(f"    {line}")
 
 
 @data_app.command("info")

@@ -153,6 +153,9 @@ class SplitDataset(HasSpecs):
     # How the dataset was built (builder name + options); saved in meta.json under "build" so that a
     # later call can tell whether a finished build on disk matches the options it was asked for.
     build_info: dict | None = None
+    # What the build read and what it left out (source file hashes, rows dropped, values filled),
+    # saved in meta.json under "provenance"; informative, not compared when reusing a build.
+    provenance: dict | None = None
 
     def __getitem__(self, split: str) -> MultimodalDataset:
         if split not in self.splits:
@@ -185,6 +188,8 @@ class SplitDataset(HasSpecs):
         }
         if self.build_info is not None:
             meta["build"] = self.build_info
+        if self.provenance:
+            meta["provenance"] = self.provenance
         write_json(root / "meta.json", meta)
         return root
 
@@ -219,7 +224,8 @@ class SplitDataset(HasSpecs):
             splits[split] = MultimodalDataset(
                 specs, arrays, labels, meta["class_names"], observed, name=f"{meta['name']}/{split}"
             )
-        return cls(meta["name"], specs, list(meta["class_names"]), splits, meta.get("build"))
+        provenance = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else None
+        return cls(meta["name"], specs, list(meta["class_names"]), splits, meta.get("build"), provenance)
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:

@@ -33,6 +33,7 @@ DEFAULT_ROOT = "data"
 DATASET_MODULES: tuple[str, ...] = (
     "dymo.data.polymnist",
     "dymo.data.mfeat",
+    "dymo.data.tcga",
     "dymo.data.mnist_text",
     "dymo.data.image_table",
     "dymo.data.mst",
