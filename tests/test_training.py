@@ -102,3 +102,36 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path):
         train_backbone(data, run, cfg, TrainConfig(epochs=1, batch_size=32, patience=10), progress=False, resume=True)
     with pytest.raises(ConfigError, match="different 'train'"):  # anything else must match
         train_backbone(data, run, cfg, TrainConfig(epochs=3, batch_size=32, lr=0.01, patience=10), progress=False, resume=True)
+
+
+def test_the_default_budget_scales_with_the_data():
+    from dymo.training.config import AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS, TrainConfig, auto_epochs
+
+    # about 1,000 optimizer steps, within [4, 100] epochs
+    assert auto_epochs(605, 256) == AUTO_MAX_EPOCHS  # a small table: 3 steps per epoch
+    assert auto_epochs(10_000, 256) == 25 and auto_epochs(60_000, 256) == 5
+    assert auto_epochs(10**7, 256) == AUTO_MIN_EPOCHS
+    assert auto_epochs(5_000, 64) == 13  # 79 steps per epoch
+    cfg = TrainConfig()
+    assert cfg.epochs is None and cfg.with_budget(10_000).epochs == 25
+    assert TrainConfig(epochs=7).with_budget(10_000).epochs == 7  # a set budget is kept
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # round-trips with the budget unresolved
+
+
+def test_an_unset_budget_is_resolved_recorded_and_stopped_early(tmp_path):
+    """train_backbone with epochs=None trains at most auto_epochs(...) epochs, records that number
+    in config.json (what --resume compares), and early stopping ends it when validation stalls."""
+    import json
+
+    from dymo.data.synthetic import make_synthetic_splits
+    from dymo.models import BackboneConfig
+    from dymo.training import TrainConfig, train_backbone
+    from dymo.training.config import auto_epochs
+
+    data = make_synthetic_splits(64, 16, 16, kinds=("vector", "vector"), vector_dim=4, num_classes=2)
+    cfg = BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8)
+    run = train_backbone(data, tmp_path / "run", cfg, TrainConfig(batch_size=32, patience=1), progress=False, evaluate_test=False)
+    recorded = json.loads((run / "config.json").read_text())["train"]["epochs"]
+    assert recorded == auto_epochs(64, 32) == 100
+    ran = json.loads((run / "metrics.json").read_text())["epochs_run"]
+    assert 1 <= ran < recorded  # patience 1 on a 16-sample validation split stops long before 100

@@ -68,7 +68,7 @@ def benchmark_cmd(
     recovery: list[str] = typer.Option(["retrieval"], help=f"Recoverer kinds to train ({', '.join(standalone_recoverers())}) or saved recoverer folders."),
     backbone: list[str] = typer.Option([], help="Trained backbone run folder(s) to reuse (metric read from each)."),
     metric: list[str] = typer.Option([], help="cosine and/or euclidean: one DyMo backbone each (default: the --backbone runs' metrics, else cosine)."),
-    epochs: int = typer.Option(3, help="Epochs for everything this run trains (backbones, baselines, neural recoverers)."),
+    epochs: str = typer.Option("3", help="Maximum epochs for everything this run trains (backbones, baselines, neural recoverers; early stopping on validation), or 'auto': a budget that scales with the training split (about 1,000 steps within 4..100 epochs)."),
     max_train_samples: int | None = typer.Option(None, help="Seeded random subset of the training split (training, calibration, recovery)."),
     max_val_samples: int | None = typer.Option(None, help="Seeded random subset of the validation split (early stopping)."),
     max_test_samples: int | None = typer.Option(None, help="Seeded random subset of the test split."),
@@ -90,7 +90,10 @@ def benchmark_cmd(
     from dymo.utils.artifact import check_output
     from dymo.utils.io import read_json
 
-    for value, option in ((epochs, "--epochs"), (batch_size, "--batch-size"), (threads, "--threads"),
+    if epochs != "auto" and not epochs.isdigit():
+        raise ConfigError(f"--epochs {epochs!r}: expected a positive integer or 'auto'")
+    n_epochs = None if epochs == "auto" else int(epochs)
+    for value, option in ((n_epochs, "--epochs"), (batch_size, "--batch-size"), (threads, "--threads"),
                           (max_train_samples, "--max-train-samples"), (max_val_samples, "--max-val-samples"),
                           (max_test_samples, "--max-test-samples")):
         check_positive(value, option)
@@ -130,7 +133,7 @@ def benchmark_cmd(
             "recovery": split_list(recovery),
             "backbones": backbones,
             "metrics": metrics,
-            "epochs": epochs,
+            "epochs": n_epochs,
             "max_train_samples": max_train_samples,
             "max_val_samples": max_val_samples,
             "max_test_samples": max_test_samples,

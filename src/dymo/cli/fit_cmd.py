@@ -25,7 +25,9 @@ def fit_cmd(
     data: str = typer.Argument(..., help="Built dataset: a name in the data root (e.g. the --name of `dymo data build folder`) or a folder."),
     out: Path = typer.Option(..., help="Bundle folder to write (what `dymo predict` reads)."),
     recovery: str = typer.Option("retrieval", help=f"Recoverer: {_recoverer_names()}."),
-    epochs: int = typer.Option(4, min=1, help="Backbone training epochs."),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Maximum backbone training epochs (default: a budget that scales with the data, about 1,000 steps within 4..100 epochs; early stopping on validation ends sooner)."
+    ),
     batch_size: int = typer.Option(256, min=1, help="Backbone training batch size."),
     recovery_set: list[str] = typer.Option([], "--recovery-set", help="A recoverer option key=value (repeatable), e.g. --recovery-set epochs=3."),
     backbone_set: list[str] = typer.Option([], "--backbone-set", help="A backbone option key=value (repeatable), e.g. --backbone-set dim=64."),

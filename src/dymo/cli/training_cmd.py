@@ -49,7 +49,9 @@ def train_backbone_cmd(
     data: str = typer.Option("polymnist", help="Dataset name (see `dymo data info`) or a built dataset folder."),
     out: Path = typer.Option(None, help="Run folder (default runs/backbone-<data>-<metric>)."),
     metric: str = typer.Option("cosine", help="cosine (DyMo_c) or euclidean (DyMo_e)."),
-    epochs: int = typer.Option(4, help="Maximum epochs (early stopping on validation accuracy over all subsets)."),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Maximum epochs (default: a budget that scales with the data, about 1,000 steps within 4..100 epochs); early stopping on validation accuracy over all subsets."
+    ),
     batch_size: int = typer.Option(256, help="Per-process batch size."),
     lr: float = typer.Option(1e-3),
     subsets_per_batch: int | None = typer.Option(None, help="K subsets per batch (default 5 for >= 4 modalities, else 2)."),

@@ -230,10 +230,15 @@ def run_benchmark(
         from dymo.data.registry import open_dataset
 
         data = open_dataset(data)
+    scaled = scale_dataset(data, config)
+    if config.epochs is None:  # --epochs auto: one budget for everything trained here, from the data's size
+        from dymo.training.config import TrainConfig, auto_epochs
+
+        config = config.replace(epochs=auto_epochs(len(scaled["train"]), TrainConfig.from_dict(config.train).batch_size))
+        say(f"training budget: at most {config.epochs} epochs for {len(scaled['train'])} training samples (auto)")
     methods = plan_methods(config.methods, config.metrics)
     sweep_methods = plan_methods(SWEEP_METHODS, config.metrics) if config.quality_sweep else []
     uses = {m: uses_recovery(m, config) for m in [*methods, *sweep_methods]}
-    scaled = scale_dataset(data, config)
     test = scaled["test"]
     if not test.observed.all():
         i, j = (int(v) for v in np.argwhere(~test.observed)[0])

@@ -63,7 +63,7 @@ class BenchmarkConfig(Config):
     recovery: list[str] = field(default_factory=lambda: ["retrieval"])
     backbones: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["cosine"])
-    epochs: int = 3
+    epochs: int | None = 3  # None: the budget that scales with the data (training.config.auto_epochs)
     max_train_samples: int | None = None
     max_val_samples: int | None = None
     max_test_samples: int | None = None
@@ -93,7 +93,7 @@ class BenchmarkConfig(Config):
             raise ConfigError(f"benchmark: metrics {bad or self.metrics} unknown; choose from {list(METRIC_NAMES)}")
         for s in self.missing:
             parse_scenario(s)  # ScenarioError names the bad one
-        if self.epochs < 1 or self.batch_size < 1 or self.calibration_batch_size < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.calibration_batch_size < 1:
             raise ConfigError("benchmark: epochs, batch_size and calibration_batch_size must be >= 1")
         for key in ("max_train_samples", "max_val_samples", "max_test_samples"):
             v = getattr(self, key)

@@ -63,7 +63,7 @@ def fit_classifier(
     or a dataset name / folder (``open_dataset``). ``recovery``: a recoverer name
     (``retrieval``, ``mopoe``, ``knn``, ...; options in ``recovery_options``). ``backbone`` /
     ``train`` / ``selection``: configs or dicts (defaults: ``BackboneConfig()``,
-    ``TrainConfig()`` = 4 epochs, batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
+    ``TrainConfig()`` = a budget that scales with the data (:func:`dymo.training.config.auto_epochs`), batch 256, Adam 1e-3; ``SelectionConfig()`` = DyMo).
     ``epochs`` overrides ``train.epochs``. ``run_dir`` keeps the backbone run (logs,
     checkpoints); by default it is a temporary folder. The training split may miss
     modalities (docs/data.md). ``tune``: also tune DyMo's acceptance rule on the validation
@@ -93,7 +93,8 @@ def fit_classifier(
 
     with tempfile.TemporaryDirectory(prefix="dymo-fit-") as tmp:
         run = Path(run_dir) if run_dir is not None else Path(tmp) / "backbone"
-        log.info("fit: 1/4 backbone (%d epochs) in %s", train_cfg.epochs, run)
+        train_cfg = train_cfg.with_budget(len(data["train"]))
+        log.info("fit: 1/4 backbone (at most %d epochs) in %s", train_cfg.epochs, run)
         train_backbone(
             data, run, backbone_cfg, train_cfg, progress=progress, accelerator=accelerator, devices=devices,
             evaluate_test=False,

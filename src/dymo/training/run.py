@@ -236,6 +236,11 @@ def train_backbone(
 
     backbone = backbone or BackboneConfig()
     train = train or TrainConfig()
+    n_train = len(data["train"]) if train.max_train_samples is None else min(len(data["train"]), train.max_train_samples)
+    if train.epochs is None:
+        train = train.with_budget(n_train)
+        log.info("training budget: at most %d epochs for %d training samples (early stopping after %d without gain)",
+                 train.epochs, n_train, train.patience)
     run = Path(run_dir)
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / "last.ckpt"
