@@ -114,6 +114,7 @@ def test_the_default_budget_scales_with_the_data():
     assert auto_epochs(5_000, 64) == 13  # 79 steps per epoch
     cfg = TrainConfig()
     assert cfg.epochs is None and cfg.with_budget(10_000).epochs == 25
+    assert cfg.with_budget(10_000).min_epochs == 3 and cfg.with_budget(605).min_epochs == 34
     assert TrainConfig(epochs=7).with_budget(10_000).epochs == 7  # a set budget is kept
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # round-trips with the budget unresolved
 
@@ -131,7 +132,8 @@ def test_an_unset_budget_is_resolved_recorded_and_stopped_early(tmp_path):
     data = make_synthetic_splits(64, 16, 16, kinds=("vector", "vector"), vector_dim=4, num_classes=2)
     cfg = BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8)
     run = train_backbone(data, tmp_path / "run", cfg, TrainConfig(batch_size=32, patience=1), progress=False, evaluate_test=False)
-    recorded = json.loads((run / "config.json").read_text())["train"]["epochs"]
-    assert recorded == auto_epochs(64, 32) == 100
+    recorded = json.loads((run / "config.json").read_text())["train"]
+    assert recorded["epochs"] == auto_epochs(64, 32) == 100
+    assert recorded["min_epochs"] == 50  # about 100 steps at 2 steps per epoch before early stopping may end it
     ran = json.loads((run / "metrics.json").read_text())["epochs_run"]
-    assert 1 <= ran < recorded  # patience 1 on a 16-sample validation split stops long before 100
+    assert 50 <= ran < 100  # patience 1 on a 16-sample validation split stops long before 100

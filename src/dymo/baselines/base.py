@@ -335,9 +335,11 @@ class NetBaseline(Baseline):
 
     def _fit(self, data: SplitDataset, progress: bool) -> None:
         from dymo.baselines.training import fit_network, seed_everything
+        from dymo.models.encoders import fit_encoder_statistics
 
         seed_everything(self.config.train.seed)
         net = self._build()
+        fit_encoder_statistics(net, data["train"])  # e.g. the quantiles of vector features, as the DyMo backbone
         if not self.phases:
             fit_network(net, data, self.config.train, progress=progress, name=self.name)
         for phase in self.phases:

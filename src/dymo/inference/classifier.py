@@ -207,7 +207,7 @@ class DyMoClassifier:
             verify_files(path, meta["files"], skip=["bundle.json"])
         try:
             specs = specs_from_list(meta["specs"])
-            backbone = FlexibleBackbone(specs, len(meta["class_names"]), BackboneConfig.from_dict(meta["backbone"]))
+            backbone = FlexibleBackbone(specs, len(meta["class_names"]), BackboneConfig.from_saved(meta["backbone"]))
             selection = SelectionConfig.from_dict(meta["selection"])
         except (DymoError, KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{meta_path}: malformed bundle description ({e})") from None

@@ -42,6 +42,20 @@ class BackboneConfig(Config):
     encoders: dict[str, str] = field(default_factory=dict)
     # Options passed to every encoder builder (image_channels, vector_tokens, text_tokens, ...).
     encoder_options: dict[str, Any] = field(default_factory=dict)
+    # Which defaults an option not in encoder_options takes (models.encoders.ENCODER_DEFAULTS):
+    # 2 = vector features piecewise-linear encoded; a config saved without the key is 1.
+    encoder_defaults: int = 2
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> BackboneConfig:
+        """A config read from a run or bundle: one saved before ``encoder_defaults`` existed
+        keeps the defaults it was trained with."""
+        return cls.from_dict({"encoder_defaults": 1, **d})
+
+    def resolved_encoder_options(self) -> dict[str, Any]:
+        from dymo.models.encoders import ENCODER_DEFAULTS
+
+        return {**ENCODER_DEFAULTS[self.encoder_defaults], **self.encoder_options}
 
     def validate(self) -> None:
         if self.dim <= 0 or self.depth <= 0 or self.heads <= 0 or self.proj_dim <= 0:
@@ -50,6 +64,10 @@ class BackboneConfig(Config):
             raise ConfigError(f"BackboneConfig: dim {self.dim} is not divisible by heads {self.heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"BackboneConfig: dropout {self.dropout} outside [0, 1)")
+        from dymo.models.encoders import ENCODER_DEFAULTS
+
+        if self.encoder_defaults not in ENCODER_DEFAULTS:
+            raise ConfigError(f"BackboneConfig: encoder_defaults {self.encoder_defaults} is not one of {sorted(ENCODER_DEFAULTS)}")
 
 
 class FusionOutput(NamedTuple):
@@ -79,7 +97,7 @@ class FlexibleBackbone(HasModalities, nn.Module):
         if unknown:
             raise ConfigError(f"BackboneConfig.encoders names unknown modalities {sorted(unknown)}")
         self.encoders = nn.ModuleDict(
-            {s.name: build_encoder(s, cfg.dim, cfg.encoders.get(s.name), cfg.encoder_options) for s in self.specs}
+            {s.name: build_encoder(s, cfg.dim, cfg.encoders.get(s.name), cfg.resolved_encoder_options()) for s in self.specs}
         )
         counts = [self.encoders[s.name].num_tokens for s in self.specs]
         token_modality = torch.repeat_interleave(torch.arange(len(self.specs)), torch.tensor(counts))

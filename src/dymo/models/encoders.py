@@ -71,19 +71,114 @@ class ImageEncoder(nn.Module):
         return self.net(x).flatten(2).transpose(1, 2)  # [B, grid*grid, dim]
 
 
-class VectorEncoder(nn.Module):
-    """A tabular/feature-vector encoder: an MLP whose output is split into ``num_tokens`` tokens."""
+class PiecewiseLinearEncoding(nn.Module):
+    """Each feature as ``bins`` numbers: its position in each of the bins between its training
+    quantiles (the piecewise-linear encoding of Gorishniy, Rubachev and Babenko, "On Embeddings
+    for Numerical Features in Tabular Deep Learning", NeurIPS 2022).
 
-    def __init__(self, in_features: int, dim: int, num_tokens: int = 2, hidden: int = 256) -> None:
+    ``x`` in bin ``t`` (edges ``e_t <= x < e_(t+1)``) encodes as 1 for the bins below, ``(x - e_t)
+    / (e_(t+1) - e_t)`` for bin ``t`` and 0 above. Since the edges are quantiles, a monotone
+    change of a feature's scale (a count, a log-normal value, an outlier) leaves its encoding
+    unchanged, as it leaves a decision tree unchanged: the reason trees beat MLPs on such tables.
+    Unlike the paper's version the first and last bins are clipped too, so a value beyond the
+    training range encodes as the range's end (as a tree treats it): extrapolating them linearly
+    let one heavy-tailed outlier of a validation row swamp the network (measured in
+    docs/results.md, "Tables learned as well as trees learn them").
+
+    The edges are a buffer (saved with the weights, so a bundle predicts with the training
+    edges): standard-normal quantiles until :meth:`fit_statistics` sets them from the training
+    rows, which :func:`fit_encoder_statistics` does before training.
+    """
+
+    def __init__(self, num_features: int, bins: int = 8) -> None:
         super().__init__()
+        if bins < 2:
+            raise ConfigError(f"piecewise-linear encoding: bins must be >= 2, got {bins}")
+        self.num_features, self.bins = num_features, bins
+        normal = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0, 1, bins + 1)[1:-1])
+        inner = torch.cat([torch.tensor([-3.0]), normal, torch.tensor([3.0])])
+        self.register_buffer("edges", inner.expand(num_features, -1).clone())  # [F, bins + 1]
+
+    @torch.no_grad()
+    def fit_statistics(self, x: torch.Tensor) -> None:
+        """Set the edges to the quantiles ``0, 1/bins, ..., 1`` of each feature over the rows of
+        ``x`` (``[N, F]``; NaN values ignored). Repeated quantiles (a binary or constant feature)
+        stay as they are: a zero-width bin is a step."""
+        import numpy as np
+
+        if x.ndim != 2 or x.shape[1] != self.num_features or len(x) == 0:
+            raise ConfigError(f"piecewise-linear encoding: statistics need [N, {self.num_features}] rows, got {tuple(x.shape)}")
+        q = np.nanquantile(x.double().cpu().numpy(), np.linspace(0, 1, self.bins + 1), axis=0).T  # [F, bins + 1]
+        q = np.where(np.isnan(q), self.edges.double().cpu().numpy(), q)  # a feature with no value keeps its default
+        self.edges.copy_(torch.from_numpy(q).to(self.edges))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.edges[:, :-1], self.edges[:, 1:]  # [F, bins]
+        width = hi - lo
+        x = x.unsqueeze(-1)
+        # a zero-width bin (repeated quantiles: a binary feature, many equal values) is a step;
+        # any positive width is used as it is, however small (float32 data can hold the whole
+        # range of a heavy-tailed feature's bulk within 1e-6)
+        t = torch.where(width > 0, (x - lo) / torch.where(width > 0, width, torch.ones_like(width)), (x >= hi).to(x.dtype))
+        return t.clamp(0.0, 1.0).flatten(1)  # [B, F * bins]
+
+
+class VectorEncoder(nn.Module):
+    """A tabular/feature-vector encoder: an MLP whose output is split into ``num_tokens`` tokens.
+
+    ``encoding="ple"`` (the default of the ``vector`` kind's encoder) feeds the MLP each
+    feature's :class:`PiecewiseLinearEncoding` instead of its value; ``"linear"`` the values as
+    they are (dymo before 0.2; runs and bundles saved without the option load that way).
+    """
+
+    def __init__(
+        self, in_features: int, dim: int, num_tokens: int = 2, hidden: int = 256, encoding: str = "linear", bins: int = 8
+    ) -> None:
+        super().__init__()
+        if encoding not in ("linear", "ple"):
+            raise ConfigError(f"vector encoder: encoding must be 'linear' or 'ple', got {encoding!r}")
         self.num_tokens = num_tokens
+        self.encoding = PiecewiseLinearEncoding(in_features, bins) if encoding == "ple" else None
+        width = in_features * bins if self.encoding is not None else in_features
         self.net = nn.Sequential(
-            nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, num_tokens * dim)
+            nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, num_tokens * dim)
         )
         self.dim = dim
 
+    def fit_statistics(self, x: torch.Tensor) -> None:
+        if self.encoding is not None:
+            self.encoding.fit_statistics(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoding is not None:
+            x = self.encoding(x)
         return self.net(x).view(x.shape[0], self.num_tokens, self.dim)
+
+
+def fit_encoder_statistics(module: nn.Module, dataset: Any) -> list[str]:
+    """Before training: every encoder of ``module`` (in any sub-module's ``encoders``, a
+    ``ModuleDict`` keyed by modality name) that keeps statistics of its inputs
+    (``fit_statistics(x)``, e.g. the piecewise-linear encoding's quantiles) computes them from
+    the observed rows of its modality in ``dataset`` (a :class:`~dymo.data.dataset.MultimodalDataset`).
+    Returns the modalities fitted."""
+    fitted = []
+    names = list(dataset.modalities)
+    for sub in module.modules():
+        encoders = getattr(sub, "encoders", None)
+        if not isinstance(encoders, nn.ModuleDict):
+            continue
+        for name, enc in encoders.items():
+            if not hasattr(enc, "fit_statistics") or name not in names:
+                continue
+            import numpy as np
+
+            rows = np.nonzero(dataset.observed[:, names.index(name)])[0]
+            if len(rows) == 0:
+                continue
+            x = torch.as_tensor(np.asarray(dataset.arrays[name])[rows], dtype=torch.float64)
+            enc.fit_statistics(x.flatten(1))
+            fitted.append(name)
+    return fitted
 
 
 class TextEncoder(nn.Module):
@@ -111,7 +206,19 @@ def _image(spec: ModalitySpec, dim: int, options: dict[str, Any]) -> nn.Module:
 
 @register_encoder("vector")
 def _vector(spec: ModalitySpec, dim: int, options: dict[str, Any]) -> nn.Module:
-    return VectorEncoder(spec.shape[0], dim, options.get("vector_tokens", 2), options.get("vector_hidden", 256))
+    """Options: ``vector_tokens`` (2), ``vector_hidden`` (256), ``vector_encoding`` (``"ple"``:
+    piecewise-linear encoding of each feature between its training quantiles; ``"linear"``: the
+    values as they are) and ``vector_bins`` (8)."""
+    return VectorEncoder(
+        spec.shape[0], dim, options.get("vector_tokens", 2), options.get("vector_hidden", 256),
+        options.get("vector_encoding", "ple"), options.get("vector_bins", 8),
+    )
+
+
+#: The encoder options a backbone config's ``encoder_defaults`` version stands for (its own
+#: ``encoder_options`` come on top): 1 = before the piecewise-linear encoding of vector features
+#: (what a run or bundle saved without the key was trained with), 2 = now.
+ENCODER_DEFAULTS: dict[int, dict[str, Any]] = {1: {"vector_encoding": "linear"}, 2: {"vector_encoding": "ple"}}
 
 
 @register_encoder("text")

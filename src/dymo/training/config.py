@@ -29,6 +29,10 @@ class TrainConfig(Config):
     proto_start_epoch: int = 2  # 0-based: the third epoch, as in the paper
     temperature: float = 0.1
     patience: int = 3
+    # Early stopping cannot end training before this many epochs (None: 1, or with an automatic
+    # budget about AUTO_MIN_STEPS optimizer steps): a small table's first epochs are a handful of
+    # steps, and one lucky early validation score must not end the run.
+    min_epochs: int | None = None
     seed: int = 0
     max_train_samples: int | None = None
     eval_batch_size: int = 512
@@ -41,6 +45,8 @@ class TrainConfig(Config):
         for key in ("weight_decay", "proto_weight", "temperature"):
             if not math.isfinite(getattr(self, key)):
                 raise ConfigError(f"TrainConfig: {key} must be finite, got {getattr(self, key)}")
+        if self.min_epochs is not None and (self.min_epochs < 1 or (self.epochs is not None and self.min_epochs > self.epochs)):
+            raise ConfigError(f"TrainConfig: min_epochs must be in [1, epochs], got {self.min_epochs}")
         if self.subsets_per_batch is not None and self.subsets_per_batch < 1:
             raise ConfigError("TrainConfig: subsets_per_batch must be >= 1")
         if self.temperature <= 0:
@@ -51,11 +57,18 @@ class TrainConfig(Config):
     def with_budget(self, num_train: int) -> TrainConfig:
         """This config with ``epochs`` resolved for ``num_train`` training samples (as set, or
         :func:`auto_epochs` when None)."""
-        return self if self.epochs is not None else self.replace(epochs=auto_epochs(num_train, self.batch_size))
+        if self.epochs is not None:
+            return self
+        epochs = auto_epochs(num_train, self.batch_size)
+        steps_per_epoch = max(1, math.ceil(num_train / self.batch_size))
+        least = self.min_epochs if self.min_epochs is not None else math.ceil(AUTO_MIN_STEPS / steps_per_epoch)
+        return self.replace(epochs=epochs, min_epochs=min(epochs, least))
 
 
 #: The automatic budget: enough epochs for about this many optimizer steps ...
 AUTO_STEPS = 1000
+#: ... training at least about this many steps before early stopping may end it ...
+AUTO_MIN_STEPS = 100
 #: ... but at least / at most this many epochs (early stopping usually ends sooner).
 AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 4, 100
 

@@ -239,8 +239,8 @@ def train_backbone(
     n_train = len(data["train"]) if train.max_train_samples is None else min(len(data["train"]), train.max_train_samples)
     if train.epochs is None:
         train = train.with_budget(n_train)
-        log.info("training budget: at most %d epochs for %d training samples (early stopping after %d without gain)",
-                 train.epochs, n_train, train.patience)
+        log.info("training budget: %d to %d epochs for %d training samples (early stopping after %d without gain)",
+                 train.min_epochs, train.epochs, n_train, train.patience)
     run = Path(run_dir)
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -317,6 +317,10 @@ def _fit_and_export(
     if write:
         write_json(run / "config.json", config)
     module = BackboneModule(specs_to_list(data.specs), data.num_classes, backbone.to_dict(), train.to_dict())
+    if not (resume and last.exists()):  # a resumed run restores them with the weights
+        from dymo.models.encoders import fit_encoder_statistics
+
+        fit_encoder_statistics(module.backbone, train_ds)
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1, enable_version_counter=False)
     # Saved at the end of every epoch (save_last only follows top-k saves): what --resume reads.
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
@@ -345,6 +349,7 @@ def _fit_and_export(
         num_nodes=num_nodes,
         precision=precision,
         max_epochs=train.epochs,
+        min_epochs=train.min_epochs,
         callbacks=[
             best_cb, last_cb, EarlyStopping(monitor="val_acc", mode="max", patience=train.patience),
             _FiniteGuard(), _Provenance(_provenance(config)),
@@ -417,7 +422,7 @@ def load_backbone(run_dir: str | os.PathLike, map_location: str = "cpu") -> Flex
     if not cfg_path.exists() or not w_path.exists():
         raise BundleError(f"{run}: not a trained backbone run (needs config.json and backbone.safetensors)")
     cfg = read_run_config(run)
-    model = FlexibleBackbone(specs_from_list(cfg["specs"]), len(cfg["class_names"]), BackboneConfig.from_dict(cfg["backbone"]))
+    model = FlexibleBackbone(specs_from_list(cfg["specs"]), len(cfg["class_names"]), BackboneConfig.from_saved(cfg["backbone"]))
     state = load_weights(w_path)
     try:
         model.load_state_dict(state, strict=True)
