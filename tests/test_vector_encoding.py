@@ -22,7 +22,9 @@ def test_encoding_is_invariant_to_a_monotone_change_of_scale():
     a, b = PiecewiseLinearEncoding(5, bins=8).double(), PiecewiseLinearEncoding(5, bins=8).double()
     a.fit_statistics(x)
     b.fit_statistics(warped)
-    torch.testing.assert_close(a(x[:50]), b(warped[:50]), atol=1e-6, rtol=0)
+    ea, eb = a(x[:50]), b(warped[:50])
+    # the same bins, filled the same way; only the position inside a value's own bin follows the scale
+    assert torch.equal(ea > 0, eb > 0) and torch.equal(ea >= 1, eb >= 1)
     # a plain linear input is not invariant: what the encoding is for
     assert not torch.allclose(x[:50].float(), warped[:50].float())
 
