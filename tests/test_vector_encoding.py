@@ -49,7 +49,7 @@ def test_statistics_come_from_the_observed_training_rows_only():
     train.arrays["v0"] = np.asarray(train.arrays["v0"]).copy()
     train.arrays["v0"][:20] = 1e6  # what a missing slot holds must not move the edges
     train = train.with_observed(observed)
-    net = FlexibleBackbone(data.specs, 2, BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8))
+    net = FlexibleBackbone(data.specs, 2, BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8, encoder_defaults=2))
     assert fit_encoder_statistics(net, train) == ["v0", "v1"]
     edges = net.encoders["v0"].encoding.edges
     expected = np.quantile(np.asarray(train.arrays["v0"][20:], dtype=np.float64), np.linspace(0, 1, 9), axis=0).T
@@ -62,7 +62,7 @@ def test_edges_travel_with_the_weights_and_old_runs_load_as_trained(tmp_path):
     from dymo.training.run import load_backbone
 
     data = make_synthetic_splits(64, 16, 16, kinds=("vector", "vector"), vector_dim=4, num_classes=2)
-    cfg = BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8)
+    cfg = BackboneConfig(dim=16, heads=2, depth=1, proj_dim=8, encoder_defaults=2)
     run = train_backbone(data, tmp_path / "run", cfg, TrainConfig(epochs=1, batch_size=32), progress=False, evaluate_test=False)
     model = load_backbone(run)
     enc = model.encoders["v0"]

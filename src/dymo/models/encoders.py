@@ -211,7 +211,7 @@ def _vector(spec: ModalitySpec, dim: int, options: dict[str, Any]) -> nn.Module:
     values as they are) and ``vector_bins`` (8)."""
     return VectorEncoder(
         spec.shape[0], dim, options.get("vector_tokens", 2), options.get("vector_hidden", 256),
-        options.get("vector_encoding", "ple"), options.get("vector_bins", 8),
+        options.get("vector_encoding", "linear"), options.get("vector_bins", 8),
     )
 
 
