@@ -44,8 +44,8 @@ class BackboneConfig(Config):
     encoder_options: dict[str, Any] = field(default_factory=dict)
     # Which defaults an option not in encoder_options takes (models.encoders.ENCODER_DEFAULTS):
     # 1 = vector values as they are (a config saved without the key is 1); 2 = vector features
-    # piecewise-linear encoded between their training quantiles (opt-in for now, measured in
-    # docs/results.md; the tests' tiny fixtures were calibrated on 1).
+    # piecewise-linear encoded between their training quantiles (opt-in for now: the tests' tiny
+    # fixtures were calibrated on 1).
     encoder_defaults: int = 1
 
     @classmethod

@@ -82,8 +82,7 @@ class PiecewiseLinearEncoding(nn.Module):
     unchanged, as it leaves a decision tree unchanged: the reason trees beat MLPs on such tables.
     Unlike the paper's version the first and last bins are clipped too, so a value beyond the
     training range encodes as the range's end (as a tree treats it): extrapolating them linearly
-    let one heavy-tailed outlier of a validation row swamp the network (measured in
-    docs/results.md, "Tables learned as well as trees learn them").
+    let one heavy-tailed outlier of a validation row swamp the network.
 
     The edges are a buffer (saved with the weights, so a bundle predicts with the training
     edges): standard-normal quantiles until :meth:`fit_statistics` sets them from the training
@@ -126,9 +125,9 @@ class PiecewiseLinearEncoding(nn.Module):
 class VectorEncoder(nn.Module):
     """A tabular/feature-vector encoder: an MLP whose output is split into ``num_tokens`` tokens.
 
-    ``encoding="ple"`` (the default of the ``vector`` kind's encoder) feeds the MLP each
-    feature's :class:`PiecewiseLinearEncoding` instead of its value; ``"linear"`` the values as
-    they are (dymo before 0.2; runs and bundles saved without the option load that way).
+    ``encoding="ple"`` (opt-in: ``BackboneConfig(encoder_defaults=2)`` or the encoder option
+    ``vector_encoding``) feeds the MLP each feature's :class:`PiecewiseLinearEncoding` instead
+    of its value; ``"linear"`` (the default) the values as they are.
     """
 
     def __init__(

@@ -82,7 +82,7 @@ def auto_epochs(num_train: int, batch_size: int) -> int:
     (``TrainConfig.patience`` epochs without gain; the best epoch is restored) a small table
     trains until it stops improving: 605 rows -> at most 100 epochs (early stopping ends them
     after 5 to 12 on TCGA), 1,200 mfeat rows -> 100 (9 to 14 run), 10,000 PolyMNIST tuples ->
-    25, 60,000 -> 5. Measured in docs/results.md ("A training budget that fits the data").
+    25, 60,000 -> 5.
     """
     steps_per_epoch = max(1, math.ceil(num_train / batch_size))
     return max(AUTO_MIN_EPOCHS, min(AUTO_MAX_EPOCHS, math.ceil(AUTO_STEPS / steps_per_epoch)))
